@@ -1,0 +1,355 @@
+//! Loading the rule file: read, parse, validate, and report every mistake with its position.
+//!
+//! `raw.rs` mirrors the YAML, `validate.rs` turns it into the [`RuleSet`] of `spec.rs`, `env.rs`
+//! expands `${VAR}`. This module owns the error type and the recovery that lets one run report
+//! a broken key in several rules at once (serde stops at the first).
+
+mod env;
+mod raw;
+mod spec;
+mod validate;
+
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+pub use env::expand as expand_env;
+pub use spec::*;
+
+use raw::{RawFile, RawFileOutline, RawRule};
+
+/// One mistake in a rule file, with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// 1-based line; 0 when unknown.
+    pub line: u64,
+    /// 1-based column; 0 when unknown.
+    pub column: u64,
+    /// The rule it is in, when it is in one.
+    pub rule: Option<String>,
+    /// What is wrong, and what to write instead where that helps.
+    pub message: String,
+}
+
+impl Diagnostic {
+    /// Format as `FILE:LINE:COL: rule "NAME": message`.
+    pub fn render(&self, file: &str) -> String {
+        let mut out = format!("{file}:{}:{}: ", self.line, self.column);
+        if let Some(rule) = &self.rule {
+            out.push_str(&format!("rule \"{rule}\": "));
+        }
+        out.push_str(&self.message);
+        out
+    }
+}
+
+/// Why a rule file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file has mistakes; every one is listed.
+    #[error("{}", render_all(file, diagnostics))]
+    Invalid {
+        /// The file, as given.
+        file: String,
+        /// Every mistake, in file order.
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+fn render_all(file: &str, diagnostics: &[Diagnostic]) -> String {
+    diagnostics
+        .iter()
+        .map(|d| d.render(file))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConfigError {
+    /// The diagnostics, empty for I/O errors.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            ConfigError::Invalid { diagnostics, .. } => diagnostics,
+            ConfigError::Io { .. } => &[],
+        }
+    }
+}
+
+/// Read and validate a rule file.
+///
+/// # Errors
+/// [`ConfigError::Io`] when it cannot be read, [`ConfigError::Invalid`] with every mistake.
+pub fn load(path: &Path) -> Result<RuleSet, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    load_str(&text, &path.display().to_string())
+}
+
+/// Validate rule-file text; `file` names it in errors. Environment variables come from the
+/// process environment.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] with every mistake found.
+pub fn load_str(text: &str, file: &str) -> Result<RuleSet, ConfigError> {
+    let lookup = |name: &str| std::env::var(name).ok();
+    load_str_with_env(text, file, &lookup)
+}
+
+/// As [`load_str`], with environment lookups answered by `env`.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] with every mistake found.
+pub fn load_str_with_env(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<RuleSet, ConfigError> {
+    let invalid = |mut diagnostics: Vec<Diagnostic>| {
+        diagnostics.sort_by_key(|d| (d.line, d.column));
+        diagnostics.dedup();
+        ConfigError::Invalid {
+            file: file.to_string(),
+            diagnostics,
+        }
+    };
+    match serde_saphyr::from_str::<RawFile>(text) {
+        Ok(raw) => validate::validate(raw, env).map_err(invalid),
+        Err(first) => Err(invalid(recover(text, first, env))),
+    }
+}
+
+/// serde stops at the first structural mistake. To report more than one, parse the file again
+/// with the rules left unread, then each rule on its own (its lines, padded so that line numbers
+/// stay true), and validate whatever parsed.
+fn recover(text: &str, first: serde_saphyr::Error, env: &dyn Fn(&str) -> Option<String>) -> Vec<Diagnostic> {
+    let first_diag = from_serde(&first, None);
+    let outline = match serde_saphyr::from_str::<RawFileOutline>(text) {
+        Ok(outline) => outline,
+        // YAML that does not parse at all, or a broken top-level key: nothing more to learn.
+        Err(e) => {
+            let d = from_serde(&e, None);
+            return if d == first_diag { vec![d] } else { vec![d, first_diag] };
+        }
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let starts: Vec<u64> = outline.rules.iter().map(|r| r.referenced.line()).collect();
+    let mut diagnostics = Vec::new();
+    let mut good_rules = Vec::new();
+    for (i, &start) in starts.iter().enumerate() {
+        let Some(slice) = rule_lines(&lines, start, starts.get(i + 1).copied()) else {
+            return vec![first_diag];
+        };
+        let padded = format!("{}{}", "\n".repeat(slice.0 as usize - 1), slice.1);
+        match serde_saphyr::from_str::<Vec<Spanned<RawRule>>>(&padded) {
+            Ok(mut rules) if rules.len() == 1 => good_rules.extend(rules.pop()),
+            Ok(_) => return vec![first_diag],
+            Err(e) => {
+                let name = serde_saphyr::from_str::<Vec<NameOnly>>(&padded)
+                    .ok()
+                    .and_then(|v| v.into_iter().next())
+                    .and_then(|n| n.name);
+                diagnostics.push(from_serde(&e, name));
+            }
+        }
+    }
+    let partial = RawFile {
+        connections: outline.connections,
+        http: outline.http,
+        rules: good_rules,
+    };
+    if let Err(more) = validate::validate(partial, env) {
+        diagnostics.extend(more);
+    }
+    if diagnostics.is_empty() {
+        diagnostics.push(first_diag);
+    }
+    diagnostics
+}
+
+/// Just the name of a rule, for labelling a rule that does not parse.
+#[derive(Deserialize)]
+struct NameOnly {
+    name: Option<String>,
+}
+
+/// The lines of the rule whose first key is on line `start` (1-based): from its `-` to the
+/// first later line indented no deeper than that `-`. Returns the first line number and the
+/// text, or `None` when the rule is not a block item on its own lines (flow style).
+fn rule_lines(lines: &[&str], start: u64, next_start: Option<u64>) -> Option<(u64, String)> {
+    let mut first = start as usize;
+    // A `-` alone on its line puts the first key on the next one.
+    while first > 0 && !lines.get(first - 1)?.trim_start().starts_with('-') {
+        first -= 1;
+        if start as usize - first > 1 {
+            return None;
+        }
+    }
+    if first == 0 {
+        return None;
+    }
+    let dash_line = lines[first - 1];
+    let indent = dash_line.len() - dash_line.trim_start().len();
+    let mut end = first; // exclusive, 1-based line after the last line of the rule
+    for (idx, line) in lines.iter().enumerate().skip(first) {
+        let line_no = idx as u64 + 1;
+        if next_start.is_some_and(|n| line_no >= n) {
+            break;
+        }
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            end = idx + 1;
+            continue;
+        }
+        if line.len() - trimmed.len() <= indent {
+            break;
+        }
+        end = idx + 1;
+    }
+    if next_start.is_some_and(|n| n as usize <= first) {
+        return None;
+    }
+    Some((first as u64, lines[first - 1..end.max(first)].join("\n")))
+}
+
+/// A serde-saphyr error as a diagnostic, with a hint for misspelt keys.
+fn from_serde(e: &serde_saphyr::Error, rule: Option<String>) -> Diagnostic {
+    let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+    let text = e.without_snippet().to_string();
+    let message = match text.rsplit_once(" at line ") {
+        Some((msg, _)) => msg.to_string(),
+        None => text,
+    };
+    Diagnostic {
+        line,
+        column,
+        rule,
+        message: hint_unknown_field(&message),
+    }
+}
+
+/// `unknown field `maxln`, expected one of a, b` → "unknown key `maxln`; did you mean `maxlen`?"
+fn hint_unknown_field(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_string();
+    };
+    let Some((field, expected)) = rest.split_once('`') else {
+        return message.to_string();
+    };
+    let expected = expected
+        .trim_start_matches(',')
+        .trim()
+        .trim_start_matches("expected one of")
+        .trim_start_matches("expected")
+        .trim();
+    let candidates: Vec<String> = expected
+        .split([',', ' '])
+        .map(|s| s.trim_matches(|c: char| c == '`' || c.is_whitespace()))
+        .filter(|s| !s.is_empty() && *s != "or")
+        .map(str::to_string)
+        .collect();
+    let best = candidates
+        .iter()
+        .map(|c| (edit_distance(field, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d);
+    match best {
+        Some((_, c)) => format!("unknown key `{field}`; did you mean `{c}`?"),
+        None => format!("unknown key `{field}`; expected one of: {}", candidates.join(", ")),
+    }
+}
+
+/// Levenshtein distance, for "did you mean".
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render("<rules>"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match load_str_with_env(text, "r.yaml", &no_env) {
+            Ok(_) => vec![],
+            Err(e) => e.diagnostics().iter().map(|d| d.render("r.yaml")).collect(),
+        }
+    }
+
+    #[test]
+    fn valid_minimal_file() {
+        let rs = load_str_with_env(
+            "rules:\n  - name: a\n    source: { channel: x }\n    sinks: [ { stream: y } ]\n",
+            "r.yaml",
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(rs.rules[0].summary(), "channel x -> stream y");
+        assert_eq!(rs.rules[0].source.connection.url, "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn misspelt_keys_in_two_rules_are_both_reported() {
+        let text = "rules:\n  - name: a\n    source: { channel: x }\n    sinks:\n      - stream: y\n        maxln: 3\n  - name: b\n    sorce: { channel: x }\n    sinks: [ { stream: y } ]\n";
+        let errs = errors(text);
+        assert_eq!(
+            errs,
+            vec![
+                "r.yaml:6:9: rule \"a\": unknown key `maxln`; did you mean `maxlen`?",
+                "r.yaml:8:5: rule \"b\": unknown key `sorce`; did you mean `source`?",
+            ]
+        );
+    }
+
+    #[test]
+    fn top_level_typo_and_yaml_syntax() {
+        assert_eq!(errors("rulez: []\n"), vec!["r.yaml:1:1: unknown key `rulez`; did you mean `rules`?"]);
+        let e = errors("rules: [\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("r.yaml:1:8: "), "{e:?}");
+    }
+
+    #[test]
+    fn edit_distances() {
+        assert_eq!(edit_distance("maxln", "maxlen"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn rule_line_slices() {
+        let lines: Vec<&str> = "rules:\n  - name: a\n    x: 1\n\n  - name: b\n    y: 2\nhttp: {}\n".lines().collect();
+        assert_eq!(rule_lines(&lines, 2, Some(5)), Some((2, "  - name: a\n    x: 1\n".into())));
+        assert_eq!(rule_lines(&lines, 5, None), Some((5, "  - name: b\n    y: 2".into())));
+    }
+}

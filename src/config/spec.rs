@@ -1,0 +1,374 @@
+//! Validated rule set: the types the engine runs. Nothing here touches the network.
+//!
+//! Every type derives `PartialEq`, so a reload can tell an unchanged rule from a changed one
+//! (compiled filters and templates compare by their source text).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::filter::{Filter, Template, Transform};
+
+/// The default dead-letter stream.
+pub const DEFAULT_DEAD_LETTER: &str = "redis-router:dead-letter";
+
+/// A loaded, valid rule file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleSet {
+    /// Named connections, `default` always among them.
+    pub connections: Vec<Arc<ConnectionSpec>>,
+    /// The HTTP endpoint, when asked for.
+    pub http: Option<HttpSpec>,
+    /// Rules in file order; names are unique.
+    pub rules: Vec<RuleSpec>,
+}
+
+/// A named Redis endpoint.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectionSpec {
+    /// Name used by rules.
+    pub name: String,
+    /// `redis://…` URL, with any password; see [`ConnectionSpec::masked_url`].
+    pub url: String,
+    /// Added to every key and channel this connection touches.
+    pub prefix: String,
+}
+
+impl ConnectionSpec {
+    /// The URL with its password replaced by `***`, for logs and status.
+    pub fn masked_url(&self) -> String {
+        mask_url(&self.url)
+    }
+}
+
+/// Replace the password of a URL (`scheme://user:pass@host`) by `***`.
+pub fn mask_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let masked = match userinfo.find(':') {
+                Some(colon) => format!("{}:***", &userinfo[..colon]),
+                None => "***".to_string(),
+            };
+            format!("{}://{}{}", &url[..scheme_end], masked, &rest[at..])
+        }
+        None => url.to_string(),
+    }
+}
+
+impl fmt::Debug for ConnectionSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionSpec")
+            .field("name", &self.name)
+            .field("url", &self.masked_url())
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// The HTTP endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSpec {
+    /// Address to bind.
+    pub listen: SocketAddr,
+}
+
+/// One rule: a source, an optional filter and transform, and one or more sinks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleSpec {
+    /// Unique name.
+    pub name: String,
+    /// Where messages come from.
+    pub source: SourceSpec,
+    /// Which messages pass.
+    pub filter: Option<Filter>,
+    /// How a passing message is reshaped before the sinks see it.
+    pub transform: Option<Transform>,
+    /// Where messages go; at least one.
+    pub sinks: Vec<SinkSpec>,
+    /// Retry and dead-letter policy of the rule's sinks (each sink may override it).
+    pub on_error: ErrorPolicy,
+    /// Offline test cases, as written (run by `redis-router test`).
+    pub tests: Vec<serde_json::Value>,
+}
+
+impl RuleSpec {
+    /// `channel events:order -> stream processed_stream, publish x`.
+    pub fn summary(&self) -> String {
+        let sinks: Vec<String> = self.sinks.iter().map(|s| s.kind.to_string()).collect();
+        format!("{} -> {}", self.source.kind, sinks.join(", "))
+    }
+
+    /// Connection names this rule uses, for restarting only the rules a connection change touches.
+    pub fn connection_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = std::iter::once(self.source.connection.name.as_str())
+            .chain(self.sinks.iter().map(|s| s.connection.name.as_str()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+}
+
+/// A source and the connection it reads from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceSpec {
+    /// The Redis it reads from.
+    pub connection: Arc<ConnectionSpec>,
+    /// What it reads.
+    pub kind: SourceSpecKind,
+}
+
+/// What a full Pub/Sub buffer does with the next message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Drop the oldest buffered message to make room (default).
+    DropOldest,
+    /// Drop the message that just arrived.
+    DropNewest,
+    /// Stop reading the socket until there is room; Redis may then cut the subscriber off
+    /// when its output buffer for the client passes `client-output-buffer-limit pubsub`.
+    Block,
+}
+
+/// Where a consumer group starts when the router creates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamStart {
+    /// Only entries added after the group is created (`$`).
+    Newest,
+    /// Every entry in the stream (`0`).
+    Oldest,
+    /// After this entry id.
+    Id(String),
+}
+
+impl StreamStart {
+    /// The id XGROUP CREATE / XREAD takes.
+    pub fn as_id(&self) -> &str {
+        match self {
+            StreamStart::Newest => "$",
+            StreamStart::Oldest => "0",
+            StreamStart::Id(id) => id,
+        }
+    }
+}
+
+/// How a queue source reads list elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueFormat {
+    /// Each element is one message.
+    Raw,
+    /// Elements are Laravel job payloads on `queues:<name>`.
+    Laravel,
+}
+
+/// The kinds of source.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceSpecKind {
+    /// SUBSCRIBE to one channel.
+    Channel {
+        /// Channel name, without prefix.
+        channel: String,
+        /// Buffered messages between the socket and the rule.
+        buffer: usize,
+        /// What a full buffer does.
+        overflow: Overflow,
+    },
+    /// PSUBSCRIBE to one pattern.
+    Pattern {
+        /// Glob-style pattern, without prefix.
+        pattern: String,
+        /// Buffered messages between the socket and the rule.
+        buffer: usize,
+        /// What a full buffer does.
+        overflow: Overflow,
+    },
+    /// A stream, through a consumer group or tailed.
+    Stream {
+        /// Stream key, without prefix.
+        stream: String,
+        /// Consumer group; `None` tails the stream with XREAD.
+        group: Option<String>,
+        /// Consumer name; `None` is the host name.
+        consumer: Option<String>,
+        /// Where a new group (or the tail) starts.
+        start: StreamStart,
+        /// Entries per read.
+        batch: usize,
+        /// Server-side BLOCK of each read; bounds how long a cancelled rule waits.
+        block: Duration,
+        /// Field holding the payload; the others become metadata.
+        body_field: Option<String>,
+    },
+    /// A list used as a job queue.
+    Queue {
+        /// List name, without prefix (for Laravel, the queue name).
+        queue: String,
+        /// Raw elements or Laravel jobs.
+        format: QueueFormat,
+        /// Server-side block of each pop.
+        block: Duration,
+        /// Consumer name; `None` is the host name.
+        consumer: Option<String>,
+    },
+}
+
+impl SourceSpec {
+    /// The kind as the rule file spells it.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            SourceSpecKind::Channel { .. } => "channel",
+            SourceSpecKind::Pattern { .. } => "pattern",
+            SourceSpecKind::Stream { .. } => "stream",
+            SourceSpecKind::Queue { .. } => "queue",
+        }
+    }
+}
+
+impl fmt::Display for SourceSpecKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceSpecKind::Channel { channel, .. } => write!(f, "channel {channel}"),
+            SourceSpecKind::Pattern { pattern, .. } => write!(f, "pattern {pattern}"),
+            SourceSpecKind::Stream { stream, group: Some(g), .. } => write!(f, "stream {stream} (group {g})"),
+            SourceSpecKind::Stream { stream, group: None, .. } => write!(f, "stream {stream} (tail)"),
+            SourceSpecKind::Queue { queue, format: QueueFormat::Raw, .. } => write!(f, "queue {queue}"),
+            SourceSpecKind::Queue { queue, format: QueueFormat::Laravel, .. } => {
+                write!(f, "laravel queue {queue}")
+            }
+        }
+    }
+}
+
+/// A sink and the connection it writes to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkSpec {
+    /// The Redis it writes to.
+    pub connection: Arc<ConnectionSpec>,
+    /// What it writes.
+    pub kind: SinkSpecKind,
+    /// Retry and dead-letter policy (the rule's unless the sink overrides it).
+    pub on_error: ErrorPolicy,
+}
+
+/// The kinds of sink.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkSpecKind {
+    /// PUBLISH.
+    Publish {
+        /// Channel template.
+        channel: Template,
+        /// Message template; the payload when absent.
+        body: Option<Template>,
+    },
+    /// XADD.
+    Stream {
+        /// Stream key template.
+        stream: Template,
+        /// Approximate MAXLEN.
+        maxlen: Option<u64>,
+        /// Field templates; without them a JSON object becomes one field per key.
+        fields: Option<Vec<(String, Template)>>,
+    },
+    /// RPUSH onto a list, raw or as a Laravel job.
+    Queue {
+        /// List (or Laravel queue) name template.
+        queue: Template,
+        /// Element template for raw lists; the payload when absent.
+        body: Option<Template>,
+        /// Laravel job options; `None` for a raw list.
+        laravel: Option<LaravelSinkSpec>,
+    },
+}
+
+/// How a `queue` sink wraps messages as Laravel jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaravelSinkSpec {
+    /// `App\Jobs\X` (serialized command) or `App\Handlers\X@method` (plain JSON data).
+    pub target: LaravelTarget,
+    /// `maxTries` of the job.
+    pub tries: Option<u32>,
+    /// `timeout` in seconds.
+    pub timeout: Option<u64>,
+    /// `backoff`, as Laravel writes it (`"10,30"`).
+    pub backoff: Option<String>,
+    /// Delay before the job becomes available (goes to `:delayed`).
+    pub delay: Option<Duration>,
+}
+
+pub use crate::laravel::JobTarget as LaravelTarget;
+
+impl fmt::Display for SinkSpecKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SinkSpecKind::Publish { channel, .. } => write!(f, "publish {}", channel.source()),
+            SinkSpecKind::Stream { stream, .. } => write!(f, "stream {}", stream.source()),
+            SinkSpecKind::Queue { queue, laravel: None, .. } => write!(f, "queue {}", queue.source()),
+            SinkSpecKind::Queue { queue, laravel: Some(l), .. } => match &l.target {
+                LaravelTarget::Command { class, .. } => write!(f, "laravel queue {} ({class})", queue.source()),
+                LaravelTarget::Handler { handler } => write!(f, "laravel queue {} ({handler})", queue.source()),
+            },
+        }
+    }
+}
+
+impl SinkSpecKind {
+    /// The kind as the rule file spells it.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            SinkSpecKind::Publish { .. } => "publish",
+            SinkSpecKind::Stream { .. } => "stream",
+            SinkSpecKind::Queue { .. } => "queue",
+        }
+    }
+}
+
+/// Retries and dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    /// Delay before the second attempt; doubles each time, with jitter.
+    pub backoff: Duration,
+    /// Cap on the delay.
+    pub max_backoff: Duration,
+    /// Stream that receives what could not be delivered.
+    pub dead_letter: String,
+}
+
+impl Default for ErrorPolicy {
+    fn default() -> Self {
+        ErrorPolicy {
+            attempts: 5,
+            backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+            dead_letter: DEFAULT_DEAD_LETTER.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_passwords() {
+        let cases = [
+            ("redis://u:secret@h:6379/0", "redis://u:***@h:6379/0"),
+            ("redis://:secret@h", "redis://:***@h"),
+            ("rediss://secret@h", "rediss://***@h"),
+            ("redis://h:6379", "redis://h:6379"),
+            ("unix:///tmp/x", "unix:///tmp/x"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(mask_url(url), want);
+        }
+    }
+}

@@ -1,0 +1,712 @@
+//! Raw rule file → validated [`RuleSet`]: a pure function that collects every mistake.
+//!
+//! Each check records a [`Diagnostic`] at the YAML position of the value it rejects and goes
+//! on, so one `check` run lists everything that is wrong. Defaults are filled into new types;
+//! the raw structs are never modified.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_saphyr::{Location, Spanned};
+
+use super::Diagnostic;
+use super::env::expand;
+use super::raw::{RawConnection, RawFile, RawLaravelSink, RawOnError, RawRule, RawSink, RawSource, SpStr};
+use super::spec::*;
+use crate::filter::{Filter, Template, Transform};
+
+/// The URL of `default` when the file does not define it.
+const DEFAULT_URL: &str = "${REDIS_URL:-redis://127.0.0.1:6379}";
+/// Entries per stream read when `batch` is not given.
+const DEFAULT_BATCH: usize = 100;
+/// Upper bound on `batch`: larger reads only add latency and memory.
+const MAX_BATCH: usize = 10_000;
+/// Pub/Sub messages buffered per rule when `buffer` is not given.
+const DEFAULT_BUFFER: usize = 10_000;
+/// Server-side block of each read: also how long a cancelled rule may wait for its read.
+const DEFAULT_BLOCK: Duration = Duration::from_secs(1);
+
+struct Ctx<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<Diagnostic>,
+    rule: Option<String>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, at: Location, message: impl Into<String>) {
+        self.errors.push(Diagnostic {
+            line: at.line(),
+            column: at.column(),
+            rule: self.rule.clone(),
+            message: message.into(),
+        });
+    }
+
+    /// The string with `${VAR}` expanded.
+    fn text(&mut self, s: &SpStr) -> Option<String> {
+        match expand(&s.value, self.env) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.err(s.referenced, e);
+                None
+            }
+        }
+    }
+
+    /// A non-empty name (key, channel, group).
+    fn name(&mut self, s: &SpStr, what: &str) -> Option<String> {
+        let v = self.text(s)?;
+        if v.trim().is_empty() {
+            self.err(s.referenced, format!("{what} is empty"));
+            return None;
+        }
+        Some(v)
+    }
+
+    fn duration(&mut self, s: &SpStr, what: &str) -> Option<Duration> {
+        let v = self.text(s)?;
+        match humantime::parse_duration(v.trim()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(s.referenced, format!("{what} `{v}` is not a duration ({e}); write e.g. `200ms`, `5s` or `1m`"));
+                None
+            }
+        }
+    }
+
+    fn template(&mut self, s: &SpStr, what: &str) -> Option<Template> {
+        let v = self.text(s)?;
+        if v.is_empty() {
+            self.err(s.referenced, format!("{what} is empty"));
+            return None;
+        }
+        match Template::compile(&v) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.err(s.referenced, e);
+                None
+            }
+        }
+    }
+
+    /// Reject an option given to a kind it does not apply to.
+    fn only_for<T>(&mut self, opt: &Option<Spanned<T>>, key: &str, kinds: &str) {
+        if let Some(o) = opt {
+            self.err(o.referenced, format!("`{key}` applies to {kinds} only; remove it"));
+        }
+    }
+}
+
+/// Validate a parsed file.
+///
+/// # Errors
+/// Every mistake found, each with its position.
+pub(super) fn validate(raw: RawFile, env: &dyn Fn(&str) -> Option<String>) -> Result<RuleSet, Vec<Diagnostic>> {
+    let mut cx = Ctx {
+        env,
+        errors: Vec::new(),
+        rule: None,
+    };
+    let connections = connections(&mut cx, &raw);
+    let http = raw.http.as_ref().and_then(|h| {
+        let listen = cx.text(&h.value.listen)?;
+        match listen.parse::<SocketAddr>() {
+            Ok(listen) => Some(HttpSpec { listen }),
+            Err(_) => {
+                cx.err(h.value.listen.referenced, format!("`{listen}` is not an address; write e.g. `127.0.0.1:9464`"));
+                None
+            }
+        }
+    });
+    let mut rules = Vec::new();
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    for rule in &raw.rules {
+        let name = rule.value.name.value.clone();
+        cx.rule = Some(name.clone());
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
+            cx.err(
+                rule.value.name.referenced,
+                "a rule name must be non-empty letters, digits, `-`, `_`, `.` or `:` (it names metrics and logs)",
+            );
+        }
+        if let Some(line) = seen.insert(name.clone(), rule.value.name.referenced.line()) {
+            cx.err(
+                rule.value.name.referenced,
+                format!("duplicate rule name (first used on line {line}); give each rule its own name"),
+            );
+        }
+        if let Some(spec) = rule_spec(&mut cx, &rule.value, rule.referenced, &connections) {
+            rules.push(spec);
+        }
+    }
+    if cx.errors.is_empty() {
+        Ok(RuleSet {
+            connections: connections.into_values().collect(),
+            http,
+            rules,
+        })
+    } else {
+        Err(cx.errors)
+    }
+}
+
+type Connections = indexmap::IndexMap<String, Arc<ConnectionSpec>>;
+
+fn connections(cx: &mut Ctx<'_>, raw: &RawFile) -> Connections {
+    let mut out = Connections::new();
+    if !raw.connections.contains_key("default") {
+        let url = expand(DEFAULT_URL, cx.env).unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        out.insert(
+            "default".into(),
+            Arc::new(ConnectionSpec {
+                name: "default".into(),
+                url,
+                prefix: String::new(),
+            }),
+        );
+    }
+    for (name, conn) in &raw.connections {
+        let RawConnection { url, prefix } = &conn.value;
+        let Some(url_text) = cx.text(url) else { continue };
+        if let Err(e) = redis::Client::open(url_text.as_str()) {
+            cx.err(
+                url.referenced,
+                format!(
+                    "connection `{name}`: bad Redis URL `{}` ({e}); write e.g. `redis://127.0.0.1:6379/0` or `rediss://user:pass@host:6380`",
+                    mask_url(&url_text)
+                ),
+            );
+            continue;
+        }
+        let prefix = prefix.as_ref().and_then(|p| cx.text(p)).unwrap_or_default();
+        out.insert(
+            name.clone(),
+            Arc::new(ConnectionSpec {
+                name: name.clone(),
+                url: url_text,
+                prefix,
+            }),
+        );
+    }
+    out
+}
+
+fn connection(cx: &mut Ctx<'_>, name: &Option<SpStr>, conns: &Connections) -> Option<Arc<ConnectionSpec>> {
+    let Some(name) = name else {
+        return conns.get("default").cloned();
+    };
+    if let Some(c) = conns.get(&name.value) {
+        return Some(c.clone());
+    }
+    let known: Vec<&str> = conns.keys().map(String::as_str).collect();
+    let hint = known
+        .iter()
+        .find(|k| super::edit_distance(k, &name.value) <= 2)
+        .map(|k| format!("did you mean `{k}`?"))
+        .unwrap_or_else(|| format!("define it under `connections:` or use one of: {}", known.join(", ")));
+    cx.err(name.referenced, format!("unknown connection `{}`; {hint}", name.value));
+    None
+}
+
+fn rule_spec(cx: &mut Ctx<'_>, rule: &RawRule, at: Location, conns: &Connections) -> Option<RuleSpec> {
+    let source = source_spec(cx, &rule.source, conns);
+    let filter = rule.filter.as_ref().and_then(|f| match Filter::compile(&f.value) {
+        Ok(filter) => Some(filter),
+        Err(e) => {
+            cx.err(f.referenced, e);
+            None
+        }
+    });
+    let transform = rule.transform.as_ref().and_then(|t| {
+        let plain = t.value.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect();
+        match Transform::compile(&plain) {
+            Ok(transform) => Some(transform),
+            Err(errors) => {
+                for (key, e) in errors {
+                    let loc = t.value.get(&key).map(|v| v.referenced).unwrap_or(t.referenced);
+                    cx.err(loc, format!("transform `{key}`: {e}"));
+                }
+                None
+            }
+        }
+    });
+    let on_error = error_policy(cx, rule.on_error.as_ref(), &ErrorPolicy::default());
+    if rule.sinks.is_empty() {
+        cx.err(
+            at,
+            "rule has no sinks; add `sinks:` with at least one of `- stream: KEY`, `- publish: CHANNEL` or `- queue: LIST`",
+        );
+    }
+    let sinks: Vec<Option<SinkSpec>> = rule
+        .sinks
+        .iter()
+        .map(|s| sink_spec(cx, s, conns, on_error.as_ref()))
+        .collect();
+    let tests = rule.tests.iter().map(|t| t.value.clone()).collect();
+    let sinks: Option<Vec<SinkSpec>> = sinks.into_iter().collect();
+    let filter_ok = rule.filter.is_none() || filter.is_some();
+    let transform_ok = rule.transform.is_none() || transform.is_some();
+    if !filter_ok || !transform_ok || rule.sinks.is_empty() {
+        return None;
+    }
+    Some(RuleSpec {
+        name: rule.name.value.clone(),
+        source: source?,
+        filter,
+        transform,
+        sinks: sinks?,
+        on_error: on_error?,
+        tests,
+    })
+}
+
+fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) -> Option<SourceSpec> {
+    let at = src.referenced;
+    let s = &src.value;
+    let kinds: Vec<(&str, &SpStr)> = [
+        ("channel", &s.channel),
+        ("pattern", &s.pattern),
+        ("stream", &s.stream),
+        ("queue", &s.queue),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+    .collect();
+    let (kind, key) = match kinds.as_slice() {
+        [one] => *one,
+        [] => {
+            cx.err(at, "source has no kind; write one of `channel: NAME`, `pattern: GLOB`, `stream: KEY` or `queue: LIST`");
+            return None;
+        }
+        [(a, _), (b, second), ..] => {
+            cx.err(
+                second.referenced,
+                format!("source has both `{a}` and `{b}`; a rule reads one source, so split it into two rules"),
+            );
+            return None;
+        }
+    };
+    let connection = connection(cx, &s.connection, conns);
+    let name = cx.name(key, &format!("source `{kind}`"));
+    let pubsub = matches!(kind, "channel" | "pattern");
+    let is_stream = kind == "stream";
+    if !pubsub {
+        cx.only_for(&s.buffer, "buffer", "channel and pattern sources");
+        cx.only_for(&s.overflow, "overflow", "channel and pattern sources");
+    }
+    if !is_stream {
+        cx.only_for(&s.group, "group", "stream sources");
+        cx.only_for(&s.start, "start", "stream sources");
+        cx.only_for(&s.batch, "batch", "stream sources");
+        cx.only_for(&s.body_field, "body_field", "stream sources");
+    }
+    if kind != "queue" {
+        cx.only_for(&s.format, "format", "queue sources");
+    }
+    if pubsub {
+        cx.only_for(&s.block, "block", "stream and queue sources");
+        cx.only_for(&s.consumer, "consumer", "stream and queue sources");
+    }
+    let buffer = match &s.buffer {
+        Some(b) if b.value == 0 => {
+            cx.err(b.referenced, "`buffer` must be at least 1");
+            None
+        }
+        Some(b) => Some(b.value),
+        None => Some(DEFAULT_BUFFER),
+    };
+    let overflow = match &s.overflow {
+        None => Some(Overflow::DropOldest),
+        Some(o) => match o.value.as_str() {
+            "drop_oldest" => Some(Overflow::DropOldest),
+            "drop_newest" => Some(Overflow::DropNewest),
+            "block" => Some(Overflow::Block),
+            other => {
+                cx.err(o.referenced, format!("unknown overflow policy `{other}`; write `drop_oldest`, `drop_newest` or `block`"));
+                None
+            }
+        },
+    };
+    let block = match &s.block {
+        Some(b) => cx.duration(b, "`block`"),
+        None => Some(DEFAULT_BLOCK),
+    };
+    let consumer = match &s.consumer {
+        Some(c) => Some(Some(cx.name(c, "`consumer`")?)),
+        None => Some(None),
+    };
+    let kind = match kind {
+        "channel" => SourceSpecKind::Channel {
+            channel: name?,
+            buffer: buffer?,
+            overflow: overflow?,
+        },
+        "pattern" => SourceSpecKind::Pattern {
+            pattern: name?,
+            buffer: buffer?,
+            overflow: overflow?,
+        },
+        "stream" => {
+            let batch = match &s.batch {
+                Some(b) if b.value == 0 || b.value > MAX_BATCH => {
+                    cx.err(b.referenced, format!("`batch` must be between 1 and {MAX_BATCH}"));
+                    None
+                }
+                Some(b) => Some(b.value),
+                None => Some(DEFAULT_BATCH),
+            };
+            let start = match &s.start {
+                None => Some(StreamStart::Newest),
+                Some(st) => match st.value.as_str() {
+                    "newest" | "$" => Some(StreamStart::Newest),
+                    "oldest" | "0" => Some(StreamStart::Oldest),
+                    id if is_stream_id(id) => Some(StreamStart::Id(id.to_string())),
+                    other => {
+                        cx.err(st.referenced, format!("`start: {other}` is not `newest`, `oldest` or an entry id such as `1700000000000-0`"));
+                        None
+                    }
+                },
+            };
+            let group = match &s.group {
+                Some(g) => Some(Some(cx.name(g, "`group`")?)),
+                None => Some(None),
+            };
+            let body_field = match &s.body_field {
+                Some(b) => Some(Some(cx.name(b, "`body_field`")?)),
+                None => Some(None),
+            };
+            SourceSpecKind::Stream {
+                stream: name?,
+                group: group?,
+                consumer: consumer?,
+                start: start?,
+                batch: batch?,
+                block: block?,
+                body_field: body_field?,
+            }
+        }
+        _ => {
+            let format = match &s.format {
+                None => Some(QueueFormat::Raw),
+                Some(f) => match f.value.as_str() {
+                    "raw" => Some(QueueFormat::Raw),
+                    "laravel" => Some(QueueFormat::Laravel),
+                    other => {
+                        cx.err(f.referenced, format!("unknown queue format `{other}`; write `raw` or `laravel`"));
+                        None
+                    }
+                },
+            };
+            SourceSpecKind::Queue {
+                queue: name?,
+                format: format?,
+                block: block?,
+                consumer: consumer?,
+            }
+        }
+    };
+    Some(SourceSpec {
+        connection: connection?,
+        kind,
+    })
+}
+
+fn is_stream_id(id: &str) -> bool {
+    let mut parts = id.splitn(2, '-');
+    let ms = parts.next().unwrap_or("");
+    let seq = parts.next();
+    !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()) && seq.is_none_or(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn sink_spec(
+    cx: &mut Ctx<'_>,
+    sink: &Spanned<RawSink>,
+    conns: &Connections,
+    rule_policy: Option<&ErrorPolicy>,
+) -> Option<SinkSpec> {
+    let at = sink.referenced;
+    let s = &sink.value;
+    let kinds: Vec<(&str, &SpStr)> = [("publish", &s.publish), ("stream", &s.stream), ("queue", &s.queue)]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+        .collect();
+    let (kind, key) = match kinds.as_slice() {
+        [one] => *one,
+        [] => {
+            cx.err(at, "sink has no kind; write one of `stream: KEY`, `publish: CHANNEL` or `queue: LIST`");
+            return None;
+        }
+        [(a, _), (b, second), ..] => {
+            cx.err(
+                second.referenced,
+                format!("sink has both `{a}` and `{b}`; write each as its own item under `sinks:`"),
+            );
+            return None;
+        }
+    };
+    if kind != "stream" {
+        cx.only_for(&s.maxlen, "maxlen", "stream sinks");
+        cx.only_for(&s.fields, "fields", "stream sinks");
+    }
+    if kind == "stream" {
+        cx.only_for(&s.body, "body", "publish and queue sinks");
+    }
+    if kind != "queue" {
+        cx.only_for(&s.laravel, "laravel", "queue sinks");
+    }
+    let connection = connection(cx, &s.connection, conns);
+    let target = cx.template(key, &format!("sink `{kind}`"));
+    let body = match &s.body {
+        Some(b) => Some(Some(cx.template(b, "`body`")?)),
+        None => Some(None),
+    };
+    let default_policy = ErrorPolicy::default();
+    let on_error = error_policy(cx, s.on_error.as_ref(), rule_policy.unwrap_or(&default_policy));
+    let kind = match kind {
+        "publish" => SinkSpecKind::Publish {
+            channel: target?,
+            body: body?,
+        },
+        "stream" => {
+            let fields = match &s.fields {
+                None => Some(None),
+                Some(f) if f.value.is_empty() => {
+                    cx.err(f.referenced, "`fields` is empty; remove it to write the payload's own keys");
+                    None
+                }
+                Some(f) => {
+                    let compiled: Vec<Option<(String, Template)>> = f
+                        .value
+                        .iter()
+                        .map(|(k, v)| Some((k.clone(), cx.template(v, &format!("field `{k}`"))?)))
+                        .collect();
+                    compiled.into_iter().collect::<Option<Vec<_>>>().map(Some)
+                }
+            };
+            let maxlen = match &s.maxlen {
+                Some(m) if m.value == 0 => {
+                    cx.err(m.referenced, "`maxlen: 0` would empty the stream; remove it or give a length");
+                    None
+                }
+                other => Some(other.as_ref().map(|m| m.value)),
+            };
+            SinkSpecKind::Stream {
+                stream: target?,
+                maxlen: maxlen?,
+                fields: fields?,
+            }
+        }
+        _ => {
+            let laravel = match &s.laravel {
+                Some(l) => Some(Some(laravel_spec(cx, l)?)),
+                None => Some(None),
+            };
+            SinkSpecKind::Queue {
+                queue: target?,
+                body: body?,
+                laravel: laravel?,
+            }
+        }
+    };
+    Some(SinkSpec {
+        connection: connection?,
+        kind,
+        on_error: on_error?,
+    })
+}
+
+fn laravel_spec(cx: &mut Ctx<'_>, l: &Spanned<RawLaravelSink>) -> Option<LaravelSinkSpec> {
+    let v = &l.value;
+    let target = match (&v.job, &v.handler) {
+        (Some(job), None) => {
+            let class = cx.text(job)?;
+            if let Err(e) = crate::laravel::validate_class_name(&class) {
+                cx.err(job.referenced, e);
+                return None;
+            }
+            let property = match &v.property {
+                Some(p) => cx.name(p, "`property`")?,
+                None => "data".to_string(),
+            };
+            LaravelTarget::Command { class, property }
+        }
+        (None, Some(handler)) => {
+            let handler_text = cx.text(handler)?;
+            if let Err(e) = crate::laravel::validate_handler(&handler_text) {
+                cx.err(handler.referenced, e);
+                return None;
+            }
+            cx.only_for(&v.property, "property", "`job:` (a handler gets the data as its argument)");
+            LaravelTarget::Handler { handler: handler_text }
+        }
+        (Some(_), Some(h)) => {
+            cx.err(h.referenced, "give `job` or `handler`, not both");
+            return None;
+        }
+        (None, None) => {
+            cx.err(l.referenced, "`laravel:` needs `job: 'App\\Jobs\\YourJob'` or `handler: 'App\\Handlers\\X@handle'`");
+            return None;
+        }
+    };
+    let timeout = match &v.timeout {
+        Some(t) => Some(Some(cx.duration(t, "`timeout`")?.as_secs().max(1))),
+        None => Some(None),
+    };
+    let delay = match &v.delay {
+        Some(d) => Some(Some(cx.duration(d, "`delay`")?)),
+        None => Some(None),
+    };
+    let backoff = match &v.backoff {
+        Some(b) => {
+            let text = cx.text(b)?;
+            let steps: Option<Vec<String>> = text
+                .split(',')
+                .map(|step| {
+                    let step = step.trim();
+                    step.parse::<u64>()
+                        .ok()
+                        .or_else(|| humantime::parse_duration(step).ok().map(|d| d.as_secs()))
+                        .map(|s| s.to_string())
+                })
+                .collect();
+            match steps {
+                Some(steps) => Some(Some(steps.join(","))),
+                None => {
+                    cx.err(b.referenced, format!("`backoff: {text}` is not a list of delays; write e.g. `10s,30s` or `10,30` (seconds)"));
+                    None
+                }
+            }
+        }
+        None => Some(None),
+    };
+    Some(LaravelSinkSpec {
+        target,
+        tries: v.tries.as_ref().map(|t| t.value),
+        timeout: timeout?,
+        backoff: backoff?,
+        delay: delay?,
+    })
+}
+
+fn error_policy(cx: &mut Ctx<'_>, raw: Option<&Spanned<RawOnError>>, inherited: &ErrorPolicy) -> Option<ErrorPolicy> {
+    let Some(raw) = raw else {
+        return Some(inherited.clone());
+    };
+    let mut policy = inherited.clone();
+    let mut ok = true;
+    if let Some(retry) = &raw.value.retry {
+        if let Some(a) = &retry.value.attempts {
+            if a.value == 0 {
+                cx.err(a.referenced, "`attempts` counts the first try too, so it must be at least 1");
+                ok = false;
+            }
+            policy.attempts = a.value;
+        }
+        if let Some(b) = &retry.value.backoff {
+            match cx.duration(b, "`backoff`") {
+                Some(d) => policy.backoff = d,
+                None => ok = false,
+            }
+        }
+        if let Some(b) = &retry.value.max_backoff {
+            match cx.duration(b, "`max_backoff`") {
+                Some(d) => policy.max_backoff = d,
+                None => ok = false,
+            }
+        }
+    }
+    if let Some(dl) = &raw.value.dead_letter {
+        match cx.name(dl, "`dead_letter`") {
+            Some(d) => policy.dead_letter = d,
+            None => ok = false,
+        }
+    }
+    ok.then_some(policy)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str_with_env;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "HOST").then(|| "cache".to_string())
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match load_str_with_env(text, "f.yaml", &env) {
+            Ok(_) => vec![],
+            Err(e) => e.diagnostics().iter().map(|d| d.render("f.yaml")).collect(),
+        }
+    }
+
+    #[test]
+    fn semantic_errors_have_positions_and_hints() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "rules:\n  - name: a\n    source: { channel: x, stream: y }\n    sinks: [ { stream: z } ]\n",
+                "f.yaml:3:35: rule \"a\": source has both `channel` and `stream`; a rule reads one source, so split it into two rules",
+            ),
+            (
+                "rules:\n  - name: a\n    source: { connection: x }\n    sinks: [ { stream: z } ]\n",
+                "f.yaml:3:13: rule \"a\": source has no kind;",
+            ),
+            (
+                "rules:\n  - name: a\n    source: { channel: x }\n",
+                "f.yaml:2:5: rule \"a\": rule has no sinks;",
+            ),
+            (
+                "rules:\n  - name: a\n    source: { channel: x, connection: defalt }\n    sinks: [ { stream: z } ]\n",
+                "f.yaml:3:39: rule \"a\": unknown connection `defalt`; did you mean `default`?",
+            ),
+            (
+                "rules:\n  - name: a\n    source: { channel: x }\n    filter: \"@.a = 1\"\n    sinks: [ { stream: z } ]\n",
+                "f.yaml:4:13: rule \"a\": filter `@.a = 1` does not compile",
+            ),
+            (
+                "rules:\n  - name: a\n    source: { channel: x }\n    sinks: [ { stream: \"k:{{$.id\" } ]\n",
+                "f.yaml:4:24: rule \"a\": template `k:{{$.id` opens `{{` without closing `}}`",
+            ),
+            (
+                "connections:\n  c: { url: \"http://x\" }\nrules: []\n",
+                "f.yaml:2:13: connection `c`: bad Redis URL `http://x`",
+            ),
+            (
+                "rules:\n  - name: a\n    source: { channel: x }\n    sinks: [ { stream: z } ]\n  - name: a\n    source: { channel: x }\n    sinks: [ { stream: z } ]\n",
+                "f.yaml:5:11: rule \"a\": duplicate rule name (first used on line 2)",
+            ),
+            (
+                "rules:\n  - name: a\n    source: { channel: x, group: g }\n    sinks: [ { stream: z } ]\n",
+                "f.yaml:3:34: rule \"a\": `group` applies to stream sources only; remove it",
+            ),
+            (
+                "rules:\n  - name: a\n    source: { channel: \"${NOPE}\" }\n    sinks: [ { stream: z } ]\n",
+                "f.yaml:3:24: rule \"a\": environment variable `NOPE` is not set",
+            ),
+        ];
+        let mut mismatches = Vec::new();
+        for (text, want) in cases {
+            let errs = errors(text);
+            if errs.len() != 1 || !errs[0].starts_with(want) {
+                mismatches.push(format!("got  {errs:?}\nwant {want}"));
+            }
+        }
+        assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    }
+
+    #[test]
+    fn env_and_defaults() {
+        let rs = load_str_with_env(
+            "connections:\n  laravel: { url: \"redis://${HOST}:6379\", prefix: laravel_database_ }\nrules:\n  - name: a\n    source: { stream: s, group: g, connection: laravel }\n    sinks: [ { publish: \"out:{{$.id}}\", connection: laravel } ]\n",
+            "f.yaml",
+            &env,
+        )
+        .unwrap();
+        let rule = &rs.rules[0];
+        assert_eq!(rule.source.connection.url, "redis://cache:6379");
+        assert_eq!(rule.source.connection.prefix, "laravel_database_");
+        assert_eq!(rule.summary(), "stream s (group g) -> publish out:{{$.id}}");
+        assert_eq!(rule.on_error.attempts, 5);
+    }
+}

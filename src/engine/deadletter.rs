@@ -1,0 +1,104 @@
+//! The dead-letter stream: where a message goes when it cannot be delivered, with why.
+//!
+//! Written on the rule's source connection (its prefix applies, like every key the rule
+//! touches). One XADD per dead letter, pipelined per batch.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tracing::error;
+
+use crate::config::ConnectionSpec;
+use crate::filter::now_rfc3339;
+use crate::message::Message;
+use crate::redis_conn;
+
+/// Longest payload copied into a dead letter; longer ones are cut and marked, so that one
+/// huge message cannot blow up the dead-letter stream.
+pub const MAX_DEAD_PAYLOAD: usize = 1024 * 1024;
+
+/// One message that could not be delivered.
+pub struct DeadLetter<'a> {
+    /// The message as received.
+    pub message: &'a Message,
+    /// Stream key (without prefix).
+    pub stream: &'a str,
+    /// Why, in a few words (`payload is not JSON`, `sink failed`).
+    pub reason: String,
+    /// The sink that failed, when one did.
+    pub sink: Option<&'a str>,
+    /// Attempts made on that sink.
+    pub attempts: u32,
+}
+
+/// Writes dead letters for one rule.
+pub struct DeadLetters {
+    conn: ConnectionManager,
+    connection: std::sync::Arc<ConnectionSpec>,
+}
+
+impl DeadLetters {
+    /// Connect on `connection`.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached now.
+    pub async fn open(connection: std::sync::Arc<ConnectionSpec>) -> redis::RedisResult<DeadLetters> {
+        let conn = redis_conn::manager(&connection, Duration::ZERO).await?;
+        Ok(DeadLetters { conn, connection })
+    }
+
+    /// Write a set of dead letters in one round trip and log each once.
+    ///
+    /// # Errors
+    /// When Redis does not take them; the caller retries (nothing is acknowledged before).
+    pub async fn write(&mut self, letters: &[DeadLetter<'_>]) -> redis::RedisResult<()> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let failed_at = now_rfc3339();
+        let mut pipe = redis::pipe();
+        for l in letters {
+            let m = l.message;
+            let raw = m.raw();
+            let payload = if raw.len() > MAX_DEAD_PAYLOAD { &raw[..MAX_DEAD_PAYLOAD] } else { raw };
+            let cmd = pipe
+                .cmd("XADD")
+                .arg(redis_conn::prefixed(&self.connection, l.stream))
+                .arg("*")
+                .arg("rule")
+                .arg(&*m.meta.rule)
+                .arg("reason")
+                .arg(&l.reason)
+                .arg("source")
+                .arg(m.meta.source.as_str())
+                .arg("source_key")
+                .arg(&m.meta.key)
+                .arg("source_id")
+                .arg(m.meta.id.as_deref().unwrap_or(""))
+                .arg("payload")
+                .arg(payload)
+                .arg("failed_at")
+                .arg(&failed_at);
+            if raw.len() > MAX_DEAD_PAYLOAD {
+                cmd.arg("payload_truncated_from").arg(raw.len());
+            }
+            if let Some(sink) = l.sink {
+                cmd.arg("sink").arg(sink).arg("attempts").arg(l.attempts);
+            }
+            cmd.ignore();
+        }
+        let _: () = pipe.query_async(&mut self.conn).await?;
+        for l in letters {
+            error!(
+                rule = %l.message.meta.rule,
+                key = %l.message.meta.key,
+                id = l.message.meta.id.as_deref().unwrap_or(""),
+                sink = l.sink.unwrap_or(""),
+                reason = %l.reason,
+                dead_letter = l.stream,
+                "Message dead-lettered."
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,360 @@
+//! One rule's loop: read a batch, filter and transform it, deliver it to every sink (retrying
+//! only the sink that failed), dead-letter what cannot be delivered, then acknowledge the batch.
+//!
+//! The loop watches its cancellation token while waiting for input and while backing off, never
+//! in the middle of a delivery: a batch that was read is finished (or left unacknowledged, so
+//! that the source delivers it again) before the task ends. Sinks never see the token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::deadletter::{DeadLetter, DeadLetters};
+use crate::config::{ErrorPolicy, RuleSpec};
+use crate::message::Message;
+use crate::sink::{Sink, SinkError};
+use crate::source::Source;
+use crate::stats::RuleStats;
+
+/// How a rule task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleExit {
+    /// Asked to stop (reload or shutdown); the batch in flight was finished or left pending.
+    Cancelled,
+    /// The source ended for good.
+    SourceClosed,
+}
+
+/// First delay after a failed connect or read; doubles up to [`MAX_RECONNECT_DELAY`].
+const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(100);
+/// Cap on the delay between reconnect attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+/// How long a stopping Pub/Sub rule may spend delivering what it had buffered.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Exponential backoff with jitter: `base * 2^(n-1)`, capped, then scaled by a random factor in
+/// [0.5, 1) so that many rules failing together do not retry in step.
+pub fn backoff_delay(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    exp.min(max).mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+/// Sleep unless cancelled first; false when cancelled.
+async fn sleep_or_cancel(token: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        biased;
+        _ = token.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// Retry `f` with capped backoff until it succeeds or the token is cancelled (`None`).
+async fn until_ok<T, E: std::fmt::Display, F, Fut>(token: &CancellationToken, what: &str, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 0;
+    loop {
+        if token.is_cancelled() {
+            return None;
+        }
+        match f().await {
+            Ok(v) => {
+                if attempt > 0 {
+                    info!(attempts = attempt + 1, "Connected {what} after retrying.");
+                }
+                return Some(v);
+            }
+            Err(e) => {
+                attempt += 1;
+                let delay = backoff_delay(FIRST_RECONNECT_DELAY, MAX_RECONNECT_DELAY, attempt);
+                warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "Cannot open {what}; retrying.");
+                if !sleep_or_cancel(token, delay).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Backoff state of an operation that must eventually succeed (dead letters, acks).
+#[derive(Default)]
+struct Retry {
+    attempt: u32,
+}
+
+impl Retry {
+    /// Log the failure and wait before the next try; false when cancelled meanwhile.
+    async fn wait(&mut self, token: &CancellationToken, what: &str, e: &(dyn std::fmt::Display + Sync)) -> bool {
+        self.attempt += 1;
+        let delay = backoff_delay(FIRST_RECONNECT_DELAY, MAX_RECONNECT_DELAY, self.attempt);
+        warn!(error = %e, attempt = self.attempt, delay_ms = delay.as_millis() as u64, "{what} failed; retrying.");
+        sleep_or_cancel(token, delay).await
+    }
+}
+
+/// Run one rule until its token is cancelled.
+pub async fn run_rule(spec: Arc<RuleSpec>, token: CancellationToken, stats: Arc<RuleStats>) -> RuleExit {
+    let rule: Arc<str> = Arc::from(spec.name.as_str());
+    let Some(mut source) = until_ok(&token, "source", || Source::open(&spec.source, &rule, stats.clone())).await else {
+        return RuleExit::Cancelled;
+    };
+    let mut sinks = Vec::with_capacity(spec.sinks.len());
+    for sink_spec in &spec.sinks {
+        let Some(sink) = until_ok(&token, "sink", || Sink::open(sink_spec)).await else {
+            source.close().await;
+            return RuleExit::Cancelled;
+        };
+        sinks.push(sink);
+    }
+    let Some(dead) = until_ok(&token, "dead-letter stream", || DeadLetters::open(spec.source.connection.clone())).await
+    else {
+        source.close().await;
+        return RuleExit::Cancelled;
+    };
+    let mut rule_loop = RuleLoop {
+        spec: spec.clone(),
+        sinks,
+        dead,
+        stats,
+        token: token.clone(),
+    };
+    info!(summary = %spec.summary(), "Rule started.");
+    let mut read_failures = 0u32;
+    let exit = loop {
+        let batch = tokio::select! {
+            biased;
+            _ = token.cancelled() => break RuleExit::Cancelled,
+            batch = source.recv() => batch,
+        };
+        match batch {
+            Ok(None) => break RuleExit::SourceClosed,
+            Ok(Some(batch)) => {
+                read_failures = 0;
+                if batch.is_empty() {
+                    continue;
+                }
+                if !rule_loop.process(&mut source, batch).await {
+                    break RuleExit::Cancelled;
+                }
+            }
+            Err(e) => {
+                RuleStats::add(&rule_loop.stats.source_errors, 1);
+                read_failures += 1;
+                let delay = backoff_delay(FIRST_RECONNECT_DELAY, MAX_RECONNECT_DELAY, read_failures);
+                warn!(error = %e, attempt = read_failures, delay_ms = delay.as_millis() as u64, "Source read failed; retrying.");
+                if !sleep_or_cancel(&token, delay).await {
+                    break RuleExit::Cancelled;
+                }
+            }
+        }
+    };
+    // Pub/Sub messages already buffered were received; deliver them before stopping. Stream
+    // and list sources have nothing buffered in memory.
+    if let Source::PubSub(pubsub) = &mut source {
+        let left = pubsub.take_buffered();
+        if !left.is_empty() {
+            debug!(count = left.len(), "Delivering buffered messages before stopping.");
+            // A fresh token: the rule's own is cancelled, and the drain is bounded by time instead.
+            rule_loop.token = CancellationToken::new();
+            if tokio::time::timeout(DRAIN_TIMEOUT, rule_loop.process(&mut source, left)).await.is_err() {
+                warn!("Buffered Pub/Sub messages could not be delivered before stopping; dropped.");
+            }
+        }
+    }
+    source.close().await;
+    info!(?exit, "Rule stopped.");
+    exit
+}
+
+struct RuleLoop {
+    spec: Arc<RuleSpec>,
+    sinks: Vec<Sink>,
+    dead: DeadLetters,
+    stats: Arc<RuleStats>,
+    token: CancellationToken,
+}
+
+/// What became of one sink's share of a batch.
+enum SinkOutcome {
+    /// Delivered, apart from these messages (index, error, attempts made).
+    Done(Vec<(usize, SinkError, u32)>),
+    /// Cancelled while backing off: the batch must not be acknowledged.
+    Cancelled,
+}
+
+impl RuleLoop {
+    /// Handle one batch; false when cancelled before the batch could be finished (it stays
+    /// unacknowledged and the source delivers it again).
+    async fn process(&mut self, source: &mut Source, batch: Vec<Message>) -> bool {
+        let mut dead: Vec<(usize, String, Option<usize>, u32)> = Vec::new();
+        // Transformed copies live here; `outgoing` points into it or into `batch`.
+        let mut transformed: Vec<(usize, Message)> = Vec::new();
+        let mut passing: Vec<usize> = Vec::with_capacity(batch.len());
+        for (i, msg) in batch.iter().enumerate() {
+            if let Some(problem) = &msg.meta.problem {
+                dead.push((i, problem.clone(), None, 0));
+                continue;
+            }
+            if let Some(filter) = &self.spec.filter {
+                match filter.matches(msg) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        RuleStats::add(&self.stats.filtered_out, 1);
+                        continue;
+                    }
+                    Err(e) => {
+                        dead.push((i, format!("filter: {e}"), None, 0));
+                        continue;
+                    }
+                }
+            }
+            if let Some(transform) = &self.spec.transform {
+                match transform.apply(msg) {
+                    Ok(value) => transformed.push((i, Message::from_json(value, msg.meta.clone()))),
+                    Err(e) => {
+                        dead.push((i, format!("transform: {e}"), None, 0));
+                        continue;
+                    }
+                }
+            }
+            passing.push(i);
+        }
+        let outgoing: Vec<&Message> = if self.spec.transform.is_some() {
+            transformed.iter().map(|(_, m)| m).collect()
+        } else {
+            passing.iter().map(|&i| &batch[i]).collect()
+        };
+        let mut failed_any = vec![false; outgoing.len()];
+        if !outgoing.is_empty() {
+            let stats = &self.stats;
+            let token = &self.token;
+            let outgoing_ref = &outgoing;
+            let outcomes = join_all(
+                self.sinks
+                    .iter_mut()
+                    .zip(&self.spec.sinks)
+                    .map(|(sink, spec)| deliver(sink, &spec.on_error, outgoing_ref, token, stats)),
+            )
+            .await;
+            for (sink_idx, outcome) in outcomes.into_iter().enumerate() {
+                match outcome {
+                    SinkOutcome::Cancelled => return false,
+                    SinkOutcome::Done(failures) => {
+                        for (j, err, attempts) in failures {
+                            failed_any[j] = true;
+                            dead.push((passing[j], err.to_string(), Some(sink_idx), attempts));
+                        }
+                    }
+                }
+            }
+        }
+        let delivered = failed_any.iter().filter(|f| !**f).count();
+        // Dead letters must be written before the batch is acknowledged: nothing leaves the
+        // source without a trace.
+        if !dead.is_empty() {
+            let letters: Vec<DeadLetter<'_>> = dead
+                .iter()
+                .map(|(i, reason, sink, attempts)| {
+                    let policy = match sink {
+                        Some(s) => &self.spec.sinks[*s].on_error,
+                        None => &self.spec.on_error,
+                    };
+                    DeadLetter {
+                        message: &batch[*i],
+                        stream: &policy.dead_letter,
+                        reason: reason.clone(),
+                        sink: sink.map(|s| self.sinks[s].label()),
+                        attempts: *attempts,
+                    }
+                })
+                .collect();
+            let mut retry = Retry::default();
+            while let Err(e) = self.dead.write(&letters).await {
+                if !retry.wait(&self.token, "Writing dead letters", &e).await {
+                    return false;
+                }
+            }
+            RuleStats::add(&self.stats.dead_lettered, dead.len() as u64);
+        }
+        RuleStats::add(&self.stats.delivered, delivered as u64);
+        let mut retry = Retry::default();
+        while let Err(e) = source.ack(&batch).await {
+            if !retry.wait(&self.token, "Acknowledging the batch", &e).await {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Deliver `batch` to one sink under its retry policy. Only the messages that failed are sent
+/// again; a permanent error (bad payload, wrong key type) is not retried.
+async fn deliver(
+    sink: &mut Sink,
+    policy: &ErrorPolicy,
+    batch: &[&Message],
+    token: &CancellationToken,
+    stats: &RuleStats,
+) -> SinkOutcome {
+    let mut todo: Vec<usize> = (0..batch.len()).collect();
+    let mut failed: Vec<(usize, SinkError, u32)> = Vec::new();
+    let mut attempt = 1;
+    loop {
+        let subset: Vec<&Message> = todo.iter().map(|&i| batch[i]).collect();
+        let results = sink.send(&subset).await;
+        let mut retry = Vec::new();
+        let mut last_error = None;
+        for (&i, result) in todo.iter().zip(results) {
+            match result {
+                Ok(()) => {}
+                Err(e) if e.is_retryable() && attempt < policy.attempts => {
+                    retry.push(i);
+                    last_error = Some(e);
+                }
+                Err(e) => failed.push((i, e, attempt)),
+            }
+        }
+        if retry.is_empty() {
+            return SinkOutcome::Done(failed);
+        }
+        RuleStats::add(&stats.retried, retry.len() as u64);
+        let delay = backoff_delay(policy.backoff, policy.max_backoff, attempt);
+        warn!(
+            sink = sink.label(),
+            count = retry.len(),
+            attempt,
+            delay_ms = delay.as_millis() as u64,
+            error = %last_error.map(|e| e.to_string()).unwrap_or_default(),
+            "Sink failed; retrying."
+        );
+        if !sleep_or_cancel(token, delay).await {
+            return SinkOutcome::Cancelled;
+        }
+        todo = retry;
+        attempt += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(1);
+        for _ in 0..100 {
+            let d1 = backoff_delay(base, max, 1);
+            assert!(d1 >= Duration::from_millis(50) && d1 < Duration::from_millis(100));
+            let d3 = backoff_delay(base, max, 3);
+            assert!(d3 >= Duration::from_millis(200) && d3 < Duration::from_millis(400));
+            assert!(backoff_delay(base, max, 30) < max);
+        }
+    }
+}

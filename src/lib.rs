@@ -1,0 +1,27 @@
+//! redis-router: routes messages between Redis Pub/Sub channels, Streams, lists used as job
+//! queues (Laravel's among them) and webhooks, by the rules of one YAML file.
+//!
+//! Crate map, one owner per concern:
+//! - [`config`]: the rule file: parse, validate into a [`config::RuleSet`], report mistakes with
+//!   line and column.
+//! - [`message`]: the one [`message::Message`] type, raw bytes plus lazily parsed JSON.
+//! - [`filter`]: compiled JSONPath filters, `{{…}}` templates and transforms (pure).
+//! - [`source`]: Pub/Sub, stream and list sources.
+//! - [`sink`]: publish, stream and queue sinks; one pipeline per batch.
+//! - [`laravel`]: Laravel's Redis queue wire format (job envelope, PHP serialize).
+//! - [`engine`]: the per-rule loop, dead letters, the supervisor and rule-set diffs.
+//! - [`redis_conn`]: how connections are opened (timeouts, TCP_NODELAY, prefixes).
+//! - [`stats`]: per-rule counters.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod engine;
+pub mod filter;
+pub mod laravel;
+pub mod message;
+pub mod redis_conn;
+pub mod sink;
+pub mod source;
+pub mod stats;

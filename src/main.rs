@@ -1,0 +1,146 @@
+//! The `redis-router` command: `run`, `check`. Tracing setup, signals and exit codes live here,
+//! and this is the only file that uses `anyhow`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use redis_router::config::{self, ConfigError};
+use redis_router::engine::Supervisor;
+use redis_router::stats::StatsRegistry;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for a rule file with mistakes (EX_CONFIG from sysexits.h).
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(name = "redis-router", version, about = "Route messages between Redis Pub/Sub, Streams, queues and webhooks by the rules of one YAML file.")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the rules until SIGINT or SIGTERM; SIGHUP reloads the file.
+    Run {
+        /// The rule file.
+        #[arg(short = 'c', long = "config", env = "REDIS_ROUTER_CONFIG", default_value = "routes.yaml")]
+        config: PathBuf,
+        /// How long stopping rules may take to finish what they hold.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        drain_timeout: Duration,
+    },
+    /// Check a rule file: print every mistake, or one line per rule.
+    Check {
+        /// The rule file.
+        #[arg(env = "REDIS_ROUTER_CONFIG", default_value = "routes.yaml")]
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match cli.command {
+        Command::Check { file } => check(&file),
+        Command::Run { config, drain_timeout } => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("redis-router: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(&config, drain_timeout)) {
+                Ok(code) => code,
+                Err(e) => {
+                    error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn print_config_error(e: &ConfigError) {
+    eprintln!("{e}");
+    let n = e.diagnostics().len();
+    if n > 0 {
+        eprintln!("{n} error{} found.", if n == 1 { "" } else { "s" });
+    }
+}
+
+fn check(file: &Path) -> ExitCode {
+    match config::load(file) {
+        Ok(set) => {
+            for rule in &set.rules {
+                println!("{}: {}", rule.name, rule.summary());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_config_error(&e);
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+async fn run(path: &Path, drain_timeout: Duration) -> anyhow::Result<ExitCode> {
+    let set = match config::load(path) {
+        Ok(set) => set,
+        Err(e) => {
+            print_config_error(&e);
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let root = CancellationToken::new();
+    let mut supervisor = Supervisor::new(root.clone(), StatsRegistry::default(), drain_timeout);
+    let d = supervisor.apply(&set).await;
+    info!(rules = d.added.len(), file = %path.display(), "Router started.");
+
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!(signal = "SIGTERM", "Stopping."); break; }
+            _ = sigint.recv() => { info!(signal = "SIGINT", "Stopping."); break; }
+            _ = sighup.recv() => match config::load(path) {
+                Ok(set) => {
+                    let d = supervisor.apply(&set).await;
+                    info!(added = ?d.added, changed = ?d.changed, removed = ?d.removed, "Reloaded.");
+                }
+                Err(e) => error!("Reload rejected; the running rules stay.\n{e}"),
+            },
+        }
+    }
+    let aborted = supervisor.shutdown().await;
+    if aborted.is_empty() {
+        info!("Stopped.");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,196 @@
+//! Sinks: where a rule's messages go. One closed enum over the kinds; each Redis kind renders
+//! one command per message (`publish.rs`, `stream.rs`, `queue.rs`) and a batch goes to Redis as
+//! one pipeline, so a batch of a hundred costs one round trip, not a hundred.
+//!
+//! A sink reports a result per message, so the rule retries only what failed, and only on the
+//! sink that failed.
+
+mod publish;
+mod queue;
+mod stream;
+
+use redis::aio::ConnectionManager;
+use redis::{Cmd, Value};
+
+use crate::config::{SinkSpec, SinkSpecKind};
+use crate::filter::EvalError;
+use crate::message::Message;
+use crate::redis_conn;
+
+/// Why a sink did not take a message.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The message cannot be rendered for this sink (not JSON, a key template selected
+    /// nothing): retrying will not help.
+    #[error("cannot render for {sink}: {source}")]
+    Render {
+        /// The sink.
+        sink: String,
+        /// Why.
+        #[source]
+        source: EvalError,
+    },
+    /// Redis refused or did not answer.
+    #[error("{sink} failed: {source}")]
+    Redis {
+        /// The sink.
+        sink: String,
+        /// The error.
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+impl SinkError {
+    /// Whether a later attempt may succeed: connection trouble yes, a bad payload or a wrong
+    /// key type no.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SinkError::Render { .. } => false,
+            SinkError::Redis { source, .. } => redis_conn::is_transient(source),
+        }
+    }
+}
+
+/// A sink of any kind.
+pub enum Sink {
+    /// PUBLISH, XADD or RPUSH/Laravel push on a Redis connection.
+    Redis(RedisSink),
+}
+
+impl Sink {
+    /// Connect the sink.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached now (the caller retries).
+    pub async fn open(spec: &SinkSpec) -> Result<Sink, SinkError> {
+        let conn = redis_conn::manager(&spec.connection, std::time::Duration::ZERO)
+            .await
+            .map_err(|source| SinkError::Redis {
+                sink: spec.kind.to_string(),
+                source,
+            })?;
+        Ok(Sink::Redis(RedisSink {
+            spec: spec.clone(),
+            label: spec.kind.to_string(),
+            conn,
+        }))
+    }
+
+    /// `stream processed_stream`, for logs and dead letters.
+    pub fn label(&self) -> &str {
+        match self {
+            Sink::Redis(s) => &s.label,
+        }
+    }
+
+    /// Deliver a batch; one result per message, in order.
+    pub async fn send(&mut self, batch: &[&Message]) -> Vec<Result<(), SinkError>> {
+        match self {
+            Sink::Redis(s) => s.send(batch).await,
+        }
+    }
+
+    /// What the sink would write for `msg`, as a Redis command line (for `--dry-run` and
+    /// `redis-router test`).
+    ///
+    /// # Errors
+    /// When the message cannot be rendered for this sink.
+    pub fn preview(spec: &SinkSpec, msg: &Message) -> Result<Vec<Vec<u8>>, SinkError> {
+        let cmd = render(spec, msg).map_err(|source| SinkError::Render {
+            sink: spec.kind.to_string(),
+            source,
+        })?;
+        Ok(cmd
+            .args_iter()
+            .filter_map(|a| match a {
+                redis::Arg::Simple(bytes) => Some(bytes.to_vec()),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+/// The one command that delivers `msg` to the sink.
+fn render(spec: &SinkSpec, msg: &Message) -> Result<Cmd, EvalError> {
+    let prefix = &spec.connection;
+    match &spec.kind {
+        SinkSpecKind::Publish { channel, body } => publish::render(prefix, channel, body.as_ref(), msg),
+        SinkSpecKind::Stream { stream, maxlen, fields } => stream::render(prefix, stream, *maxlen, fields.as_deref(), msg),
+        SinkSpecKind::Queue { queue, body, laravel } => queue::render(prefix, queue, body.as_ref(), laravel.as_ref(), msg),
+    }
+}
+
+/// A sink that writes to Redis.
+pub struct RedisSink {
+    spec: SinkSpec,
+    label: String,
+    conn: ConnectionManager,
+}
+
+impl RedisSink {
+    async fn send(&mut self, batch: &[&Message]) -> Vec<Result<(), SinkError>> {
+        let mut results: Vec<Option<Result<(), SinkError>>> = Vec::with_capacity(batch.len());
+        let mut pipe = redis::pipe();
+        let mut sent = 0;
+        for msg in batch {
+            match render(&self.spec, msg) {
+                Ok(cmd) => {
+                    pipe.add_command(cmd);
+                    sent += 1;
+                    results.push(None);
+                }
+                Err(source) => results.push(Some(Err(SinkError::Render {
+                    sink: self.label.clone(),
+                    source,
+                }))),
+            }
+        }
+        if sent == 0 {
+            return results.into_iter().flatten().collect();
+        }
+        let replies: redis::RedisResult<Vec<redis::RedisResult<Value>>> =
+            pipe.ignore_errors().query_async(&mut self.conn).await;
+        match replies {
+            Ok(replies) => {
+                let mut replies = replies.into_iter();
+                results
+                    .into_iter()
+                    .map(|r| match r {
+                        Some(done) => done,
+                        None => match replies.next() {
+                            Some(Ok(_)) => Ok(()),
+                            Some(Err(source)) => Err(SinkError::Redis {
+                                sink: self.label.clone(),
+                                source,
+                            }),
+                            None => Err(SinkError::Redis {
+                                sink: self.label.clone(),
+                                source: redis::RedisError::from(std::io::Error::other("pipeline reply too short")),
+                            }),
+                        },
+                    })
+                    .collect()
+            }
+            Err(e) => results
+                .into_iter()
+                .map(|r| match r {
+                    Some(done) => done,
+                    None => Err(SinkError::Redis {
+                        sink: self.label.clone(),
+                        source: clone_error(&e),
+                    }),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// redis::RedisError is not Clone; keep the kind and text for each message it failed.
+fn clone_error(e: &redis::RedisError) -> redis::RedisError {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal() {
+        redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e.to_string()))
+    } else {
+        redis::RedisError::from((redis::ErrorKind::Client, "pipeline failed", e.to_string()))
+    }
+}

@@ -1,0 +1,25 @@
+//! `publish` sink: PUBLISH the payload (or the `body` template) on a channel template.
+
+use redis::Cmd;
+
+use crate::config::ConnectionSpec;
+use crate::filter::{EvalError, Missing, Template};
+use crate::message::Message;
+use crate::redis_conn;
+
+/// `PUBLISH <prefix><channel> <body>`.
+pub(super) fn render(
+    conn: &ConnectionSpec,
+    channel: &Template,
+    body: Option<&Template>,
+    msg: &Message,
+) -> Result<Cmd, EvalError> {
+    let channel = redis_conn::prefixed(conn, &channel.render_string(msg, Missing::Error)?);
+    let mut cmd = redis::cmd("PUBLISH");
+    cmd.arg(channel);
+    match body {
+        Some(t) => cmd.arg(t.render(msg, Missing::Empty)?),
+        None => cmd.arg(msg.raw()),
+    };
+    Ok(cmd)
+}

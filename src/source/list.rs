@@ -1,0 +1,192 @@
+//! `queue` sources: a Redis list read reliably (at least once).
+//!
+//! Each element is moved with BLMOVE into a processing list owned by this consumer
+//! (`<list>:processing:<consumer>`), and removed from it (LREM) only once the rule is done with
+//! it. A router that crashes leaves its elements there; the next start with the same consumer
+//! name delivers them first. A dropped BLMOVE can therefore never lose an element, unlike a
+//! BLPOP raced against shutdown.
+//!
+//! With `format: laravel` the list is Laravel's `queues:<name>` (connection prefix included).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use redis::Value;
+use redis::aio::ConnectionManager;
+use tracing::info;
+
+use super::{SourceError, bulk};
+use crate::config::{ConnectionSpec, QueueFormat, SourceSpec, SourceSpecKind};
+use crate::message::{Body, Message, Meta, SourceKind};
+use crate::redis_conn;
+use crate::source::stream::default_consumer;
+use crate::stats::RuleStats;
+
+/// Elements taken per batch: one blocking move, then up to this many more without waiting.
+const BATCH: usize = 100;
+
+/// A list source.
+pub struct ListSource {
+    conn: ConnectionManager,
+    connection: Arc<ConnectionSpec>,
+    /// The list as Redis holds it.
+    key: String,
+    /// The processing list as Redis holds it.
+    processing: String,
+    /// The list as the rule names it (`queues:<name>` for Laravel).
+    name: String,
+    format: QueueFormat,
+    block: Duration,
+    /// Elements a previous run left in the processing list, delivered first.
+    recovered: VecDeque<Vec<u8>>,
+    rule: Arc<str>,
+    stats: Arc<RuleStats>,
+}
+
+impl ListSource {
+    /// Connect and pick up what a previous run left in the processing list.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn open(spec: &SourceSpec, rule: Arc<str>, stats: Arc<RuleStats>) -> Result<ListSource, SourceError> {
+        let SourceSpecKind::Queue {
+            queue,
+            format,
+            block,
+            consumer,
+        } = &spec.kind
+        else {
+            return Err(SourceError::Protocol {
+                op: "BLMOVE",
+                key: String::new(),
+                detail: "not a queue source".into(),
+            });
+        };
+        let name = match format {
+            QueueFormat::Raw => queue.clone(),
+            QueueFormat::Laravel => format!("queues:{queue}"),
+        };
+        let consumer = consumer.clone().unwrap_or_else(default_consumer);
+        let key = redis_conn::prefixed(&spec.connection, &name);
+        let processing = format!("{key}:processing:{consumer}");
+        let mut conn = redis_conn::manager(&spec.connection, *block)
+            .await
+            .map_err(|source| SourceError::Redis {
+                op: "connect",
+                key: name.clone(),
+                source,
+            })?;
+        let left: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(&processing)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .map_err(|source| SourceError::Redis {
+                op: "LRANGE",
+                key: processing.clone(),
+                source,
+            })?;
+        if !left.is_empty() {
+            info!(queue = %name, count = left.len(), "Recovering elements a previous run left in its processing list.");
+        }
+        Ok(ListSource {
+            conn,
+            connection: spec.connection.clone(),
+            key,
+            processing,
+            name,
+            format: *format,
+            block: *block,
+            recovered: left.into(),
+            rule,
+            stats,
+        })
+    }
+
+    fn err(&self, op: &'static str) -> impl FnOnce(redis::RedisError) -> SourceError + '_ {
+        move |source| SourceError::Redis {
+            op,
+            key: self.name.clone(),
+            source,
+        }
+    }
+
+    /// The next batch, possibly empty when the blocking move timed out.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a moved element is in the processing list, delivered at the next start.
+    pub async fn recv(&mut self) -> Result<Vec<Message>, SourceError> {
+        let mut elements: Vec<Vec<u8>> = Vec::new();
+        if !self.recovered.is_empty() {
+            let n = self.recovered.len().min(BATCH);
+            elements.extend(self.recovered.drain(..n));
+        } else {
+            let first: Option<Vec<u8>> = redis::cmd("BLMOVE")
+                .arg(&self.key)
+                .arg(&self.processing)
+                .arg("LEFT")
+                .arg("RIGHT")
+                .arg(self.block.as_secs_f64())
+                .query_async(&mut self.conn)
+                .await
+                .map_err(self.err("BLMOVE"))?;
+            let Some(first) = first else {
+                return Ok(Vec::new());
+            };
+            elements.push(first);
+            // More may be waiting: take them in one round trip instead of one each.
+            let mut pipe = redis::pipe();
+            for _ in 1..BATCH {
+                pipe.cmd("LMOVE").arg(&self.key).arg(&self.processing).arg("LEFT").arg("RIGHT");
+            }
+            let more: Vec<Value> = pipe.query_async(&mut self.conn).await.map_err(self.err("LMOVE"))?;
+            elements.extend(more.into_iter().filter_map(bulk));
+        }
+        RuleStats::add(&self.stats.received, elements.len() as u64);
+        let key = redis_conn::unprefixed(&self.connection, &self.key).to_string();
+        Ok(elements
+            .into_iter()
+            .map(|element| {
+                let meta = Meta {
+                    rule: self.rule.clone(),
+                    source: SourceKind::Queue,
+                    key: key.clone(),
+                    pattern: None,
+                    id: None,
+                    received: SystemTime::now(),
+                    deliveries: 1,
+                    fields: Vec::new(),
+                    problem: None,
+                };
+                match self.format {
+                    QueueFormat::Raw => Message::new(Body::Bytes(element), meta),
+                    QueueFormat::Laravel => laravel_message(element, meta),
+                }
+            })
+            .collect())
+    }
+
+    /// Remove a finished batch from the processing list.
+    ///
+    /// # Errors
+    /// When LREM fails; the caller retries.
+    pub async fn ack(&mut self, batch: &[Message]) -> Result<(), SourceError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for msg in batch {
+            pipe.cmd("LREM").arg(&self.processing).arg(1).arg(msg.raw()).ignore();
+        }
+        let _: () = pipe.query_async(&mut self.conn).await.map_err(self.err("LREM"))?;
+        Ok(())
+    }
+}
+
+/// A Laravel job as a message: the payload bytes unchanged (a routed job is pushed as it came),
+/// and a JSON view of the job for filters and templates.
+fn laravel_message(element: Vec<u8>, meta: Meta) -> Message {
+    Message::new(Body::Bytes(element), meta)
+}

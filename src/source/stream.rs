@@ -1,0 +1,382 @@
+//! `stream` sources: XREADGROUP through a consumer group (at least once), or XREAD tailing.
+//!
+//! Group mode creates the group (MKSTREAM) when absent, first replays this consumer's own
+//! pending entries (what a previous run read but did not acknowledge), then reads new entries
+//! in batches with a short BLOCK. A batch is XACKed only when the rule says it is done. A group
+//! that vanishes (Redis restarted without persistence, `XGROUP DESTROY`) is created again.
+//!
+//! Tail mode keeps the last id it saw, so nothing between two reads is skipped; `start:
+//! newest` is resolved to the stream's last id once, at open (reading from `$` on every call
+//! would skip what arrives between calls).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use redis::Value;
+use redis::aio::ConnectionManager;
+use tracing::{debug, info};
+
+use super::{SourceError, bulk};
+use crate::config::{ConnectionSpec, SourceSpec, SourceSpecKind};
+use crate::message::{Body, Message, Meta, SourceKind};
+use crate::redis_conn;
+use crate::stats::RuleStats;
+
+/// Where a group reader is.
+enum Phase {
+    /// Replaying own pending entries after this id.
+    Pending(String),
+    /// Reading new entries (`>`).
+    New,
+}
+
+enum Mode {
+    Group { group: String, consumer: String, phase: Phase },
+    Tail { last_id: String },
+}
+
+/// A stream source.
+pub struct StreamSource {
+    conn: ConnectionManager,
+    connection: Arc<ConnectionSpec>,
+    /// The key as Redis holds it (prefixed).
+    key: String,
+    /// The key as the rule names it.
+    name: String,
+    mode: Mode,
+    batch: usize,
+    block: Duration,
+    body_field: Option<String>,
+    rule: Arc<str>,
+    stats: Arc<RuleStats>,
+    start_id: String,
+}
+
+/// The name this host uses as a consumer when the rule gives none: stable across restarts, so
+/// a restarted router finds its own pending entries.
+pub fn default_consumer() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "redis-router".to_string())
+}
+
+impl StreamSource {
+    /// Connect, create the group if needed, and position the reader.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached or refuses the group.
+    pub async fn open(spec: &SourceSpec, rule: Arc<str>, stats: Arc<RuleStats>) -> Result<StreamSource, SourceError> {
+        let SourceSpecKind::Stream {
+            stream,
+            group,
+            consumer,
+            start,
+            batch,
+            block,
+            body_field,
+        } = &spec.kind
+        else {
+            return Err(SourceError::Protocol {
+                op: "XREAD",
+                key: String::new(),
+                detail: "not a stream source".into(),
+            });
+        };
+        let key = redis_conn::prefixed(&spec.connection, stream);
+        let conn = redis_conn::manager(&spec.connection, *block)
+            .await
+            .map_err(|source| SourceError::Redis {
+                op: "connect",
+                key: stream.clone(),
+                source,
+            })?;
+        let mode = match group {
+            Some(group) => Mode::Group {
+                group: group.clone(),
+                consumer: consumer.clone().unwrap_or_else(default_consumer),
+                phase: Phase::Pending("0".into()),
+            },
+            None => Mode::Tail {
+                last_id: start.as_id().to_string(),
+            },
+        };
+        let mut source = StreamSource {
+            conn,
+            connection: spec.connection.clone(),
+            key,
+            name: stream.clone(),
+            mode,
+            batch: *batch,
+            block: *block,
+            body_field: body_field.clone(),
+            rule,
+            stats,
+            start_id: start.as_id().to_string(),
+        };
+        match &source.mode {
+            Mode::Group { .. } => source.ensure_group().await?,
+            Mode::Tail { last_id } if last_id == "$" => {
+                let last = source.last_id().await?;
+                source.mode = Mode::Tail { last_id: last };
+            }
+            Mode::Tail { .. } => {}
+        }
+        Ok(source)
+    }
+
+    fn err(&self, op: &'static str) -> impl FnOnce(redis::RedisError) -> SourceError + '_ {
+        move |source| SourceError::Redis {
+            op,
+            key: self.name.clone(),
+            source,
+        }
+    }
+
+    /// XGROUP CREATE … MKSTREAM, tolerating BUSYGROUP.
+    async fn ensure_group(&mut self) -> Result<(), SourceError> {
+        let Mode::Group { group, .. } = &self.mode else {
+            return Ok(());
+        };
+        let result: redis::RedisResult<Value> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.key)
+            .arg(group)
+            .arg(&self.start_id)
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn)
+            .await;
+        match result {
+            Ok(_) => {
+                info!(stream = %self.name, group = %group, start = %self.start_id, "Created consumer group.");
+                Ok(())
+            }
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(self.err("XGROUP CREATE")(e)),
+        }
+    }
+
+    /// The id of the stream's last entry, `0-0` when empty or absent.
+    async fn last_id(&mut self) -> Result<String, SourceError> {
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(&self.key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.err("XREVRANGE"))?;
+        let entries = parse_entries(reply).map_err(|detail| self.protocol("XREVRANGE", detail))?;
+        Ok(entries.into_iter().next().map(|(id, _)| id).unwrap_or_else(|| "0-0".into()))
+    }
+
+    fn protocol(&self, op: &'static str, detail: String) -> SourceError {
+        SourceError::Protocol {
+            op,
+            key: self.name.clone(),
+            detail,
+        }
+    }
+
+    /// The next batch, possibly empty when BLOCK timed out.
+    ///
+    /// # Cancel safety
+    /// Cancel safe. In group mode entries delivered to a dropped read are in this consumer's
+    /// pending list and replayed at the next start; in tail mode the position advances only
+    /// when a reply is taken.
+    pub async fn recv(&mut self) -> Result<Vec<Message>, SourceError> {
+        let block_ms = self.block.as_millis() as u64;
+        let (cmd, replaying) = match &self.mode {
+            Mode::Group { group, consumer, phase } => {
+                let mut cmd = redis::cmd("XREADGROUP");
+                cmd.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(self.batch);
+                let id = match phase {
+                    Phase::Pending(after) => after.as_str(),
+                    Phase::New => {
+                        cmd.arg("BLOCK").arg(block_ms);
+                        ">"
+                    }
+                };
+                cmd.arg("STREAMS").arg(&self.key).arg(id);
+                (cmd, matches!(phase, Phase::Pending(_)))
+            }
+            Mode::Tail { last_id } => {
+                let mut cmd = redis::cmd("XREAD");
+                cmd.arg("COUNT").arg(self.batch).arg("BLOCK").arg(block_ms);
+                cmd.arg("STREAMS").arg(&self.key).arg(last_id);
+                (cmd, false)
+            }
+        };
+        let reply: redis::RedisResult<Value> = cmd.query_async(&mut self.conn).await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) if e.code() == Some("NOGROUP") => {
+                info!(stream = %self.name, "Consumer group vanished; creating it again.");
+                self.ensure_group().await?;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(self.err("XREADGROUP")(e)),
+        };
+        let entries = match reply {
+            Value::Nil => Vec::new(),
+            Value::Array(mut streams) | Value::Set(mut streams) if !streams.is_empty() => match streams.swap_remove(0) {
+                Value::Array(mut pair) if pair.len() == 2 => {
+                    parse_entries(pair.swap_remove(1)).map_err(|d| self.protocol("XREADGROUP", d))?
+                }
+                other => return Err(self.protocol("XREADGROUP", format!("stream reply {other:?}"))),
+            },
+            Value::Map(mut streams) if !streams.is_empty() => {
+                let (_, entries) = streams.swap_remove(0);
+                parse_entries(entries).map_err(|d| self.protocol("XREADGROUP", d))?
+            }
+            Value::Array(_) | Value::Set(_) | Value::Map(_) => Vec::new(),
+            other => return Err(self.protocol("XREADGROUP", format!("reply {other:?}"))),
+        };
+        if let Some((last, _)) = entries.last() {
+            match &mut self.mode {
+                Mode::Group {
+                    phase: Phase::Pending(after),
+                    ..
+                } => *after = last.clone(),
+                Mode::Tail { last_id } => *last_id = last.clone(),
+                Mode::Group { .. } => {}
+            }
+        } else if let Mode::Group { phase, .. } = &mut self.mode
+            && let Phase::Pending(_) = phase
+        {
+            debug!(stream = %self.name, "Own pending entries replayed; reading new entries.");
+            *phase = Phase::New;
+        }
+        let mut vanished = Vec::new();
+        let mut batch = Vec::with_capacity(entries.len());
+        for (id, fields) in entries {
+            match fields {
+                Some(fields) => batch.push(self.message(id, fields, replaying)),
+                None => vanished.push(id),
+            }
+        }
+        if !vanished.is_empty() {
+            // Deleted (XDEL, MAXLEN trimming) while pending: nothing left to deliver.
+            RuleStats::add(&self.stats.deleted_while_pending, vanished.len() as u64);
+            info!(stream = %self.name, count = vanished.len(), "Pending entries were deleted from the stream; acknowledging them.");
+            self.xack(vanished.iter().map(String::as_str)).await?;
+        }
+        RuleStats::add(&self.stats.received, batch.len() as u64);
+        Ok(batch)
+    }
+
+    fn message(&self, id: String, fields: Vec<(Vec<u8>, Vec<u8>)>, replaying: bool) -> Message {
+        let mut meta = Meta {
+            rule: self.rule.clone(),
+            source: SourceKind::Stream,
+            key: redis_conn::unprefixed(&self.connection, &self.key).to_string(),
+            pattern: None,
+            id: Some(id),
+            received: SystemTime::now(),
+            deliveries: if replaying { 2 } else { 1 },
+            fields: Vec::new(),
+            problem: None,
+        };
+        let body = match &self.body_field {
+            None => Body::Fields(fields),
+            Some(name) => {
+                let mut body = None;
+                for (k, v) in fields.iter() {
+                    if k.as_slice() == name.as_bytes() && body.is_none() {
+                        body = Some(v.clone());
+                    } else {
+                        meta.fields.push((
+                            String::from_utf8_lossy(k).into_owned(),
+                            String::from_utf8_lossy(v).into_owned(),
+                        ));
+                    }
+                }
+                match body {
+                    Some(b) => Body::Field(b),
+                    None => {
+                        meta.problem = Some(format!("entry has no field `{name}` (body_field)"));
+                        meta.fields.clear();
+                        Body::Fields(fields)
+                    }
+                }
+            }
+        };
+        Message::new(body, meta)
+    }
+
+    async fn xack<'a>(&mut self, ids: impl Iterator<Item = &'a str>) -> Result<(), SourceError> {
+        let Mode::Group { group, .. } = &self.mode else {
+            return Ok(());
+        };
+        let mut cmd = redis::cmd("XACK");
+        cmd.arg(&self.key).arg(group);
+        let mut any = false;
+        for id in ids {
+            cmd.arg(id);
+            any = true;
+        }
+        if !any {
+            return Ok(());
+        }
+        let _: Value = cmd.query_async(&mut self.conn).await.map_err(self.err("XACK"))?;
+        Ok(())
+    }
+
+    /// Acknowledge a finished batch (group mode; nothing to do when tailing).
+    ///
+    /// # Errors
+    /// When XACK fails; the caller retries.
+    pub async fn ack(&mut self, batch: &[Message]) -> Result<(), SourceError> {
+        self.xack(batch.iter().filter_map(|m| m.meta.id.as_deref())).await
+    }
+}
+
+/// An entry's id and its fields, `None` for an entry deleted while pending.
+type Entry = (String, Option<Vec<(Vec<u8>, Vec<u8>)>>);
+
+/// `[[id, [f, v, …]], …]` as entries.
+fn parse_entries(v: Value) -> Result<Vec<Entry>, String> {
+    let Value::Array(items) = v else {
+        return match v {
+            Value::Nil => Ok(Vec::new()),
+            other => Err(format!("entries {other:?}")),
+        };
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(mut pair) = item else {
+            return Err("entry is not an array".into());
+        };
+        if pair.len() != 2 {
+            return Err(format!("entry has {} elements", pair.len()));
+        }
+        let fields = pair.pop().unwrap_or(Value::Nil);
+        let id = pair
+            .pop()
+            .and_then(bulk)
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or("entry id is not a string")?;
+        let fields = match fields {
+            Value::Nil => None,
+            Value::Array(flat) => {
+                let mut pairs = Vec::with_capacity(flat.len() / 2);
+                let mut it = flat.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    pairs.push((bulk(k).unwrap_or_default(), bulk(v).unwrap_or_default()));
+                }
+                Some(pairs)
+            }
+            Value::Map(map) => Some(
+                map.into_iter()
+                    .map(|(k, v)| (bulk(k).unwrap_or_default(), bulk(v).unwrap_or_default()))
+                    .collect(),
+            ),
+            other => return Err(format!("entry fields {other:?}")),
+        };
+        out.push((id, fields));
+    }
+    Ok(out)
+}
