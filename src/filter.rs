@@ -33,14 +33,63 @@ pub enum EvalError {
     },
 }
 
-/// Compile a JSONPath query, with a one-line error.
+/// Compile a JSONPath query, with a one-line error. `offset` is how many characters the caller
+/// put before the user's text (`$[?` around a filter), so positions point into what they wrote.
+fn compile_path_at(text: &str, offset: usize) -> Result<JpQuery, String> {
+    parse_json_path(text).map_err(|e| explain_parse_error(&e.to_string(), text, offset))
+}
+
 fn compile_path(text: &str) -> Result<JpQuery, String> {
-    parse_json_path(text).map_err(|e| {
-        let msg = e.to_string();
-        // pest errors span several lines with an ASCII-art pointer; the first line is the gist.
-        let first = msg.lines().next().unwrap_or("invalid JSONPath").trim();
-        first.to_string()
-    })
+    compile_path_at(text, 0)
+}
+
+/// Turn pest's multi-line report (` --> 1:12 … = expected comp_op, …`) into one line that says
+/// where, what is there, and what was expected, in words.
+fn explain_parse_error(report: &str, text: &str, offset: usize) -> String {
+    let column = report
+        .split("--> ")
+        .nth(1)
+        .and_then(|rest| rest.split([':', '\n']).nth(1))
+        .and_then(|c| c.trim().parse::<usize>().ok());
+    let expected: Vec<&str> = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("= expected "))
+        .map(|list| {
+            list.split([',', ' '])
+                .filter_map(|rule| match rule.trim() {
+                    "comp_op" => Some("a comparison (==, !=, <, <=, >, >=)"),
+                    "comparable" => Some("a value to compare with ('text', a number, true, false, null or a path)"),
+                    "segment" | "name_segment" | "index_segment" => Some("a path segment (.name or [index])"),
+                    "selector" => Some("a selector (name, index, *, or ?filter)"),
+                    "int" | "number" => Some("a number"),
+                    "logical_expr" | "logical_expr_and" => Some("&& or ||"),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut expected_words: Vec<&str> = Vec::new();
+    for e in expected {
+        if !expected_words.contains(&e) {
+            expected_words.push(e);
+        }
+    }
+    match column {
+        Some(col) => {
+            let at = col.saturating_sub(1);
+            let near: String = text.chars().skip(at).take(12).collect();
+            let user_col = at.saturating_sub(offset) + 1;
+            let mut msg = format!("syntax error at character {user_col}");
+            if !near.trim().is_empty() {
+                msg.push_str(&format!(" (at `{}`)", near.trim_end_matches(']').trim()));
+            }
+            if !expected_words.is_empty() {
+                msg.push_str(&format!(", expected {}", expected_words.join(" or ")));
+            }
+            msg
+        }
+        None => report.lines().next().unwrap_or("invalid JSONPath").trim().to_string(),
+    }
 }
 
 fn run_query<'a>(query: &JpQuery, source: &str, value: &'a Value) -> Result<Vec<&'a Value>, EvalError> {
@@ -75,12 +124,12 @@ impl Filter {
         if trimmed.is_empty() {
             return Err("the filter is empty; write an expression such as `@.event == 'order.created'`".into());
         }
-        let (query_text, wrapped) = if trimmed.starts_with('$') {
-            (trimmed.to_string(), false)
+        let (query_text, wrapped, offset) = if trimmed.starts_with('$') {
+            (trimmed.to_string(), false, 0)
         } else {
-            (format!("$[?{trimmed}]"), true)
+            (format!("$[?{trimmed}]"), true, 3)
         };
-        let query = compile_path(&query_text).map_err(|e| {
+        let query = compile_path_at(&query_text, offset).map_err(|e| {
             format!(
                 "filter `{trimmed}` does not compile: {e}; write a JSONPath filter expression such as `@.event == 'order.created' && @.data.total >= 100` (strings in single quotes)"
             )
@@ -447,6 +496,10 @@ mod tests {
             let e = Filter::compile(bad).unwrap_err();
             assert!(e.contains("write"), "{bad}: {e}");
         }
+        assert_eq!(
+            Filter::compile("@.total => 100").unwrap_err(),
+            "filter `@.total => 100` does not compile: syntax error at character 9 (at `=> 100`), expected a path segment (.name or [index]) or a comparison (==, !=, <, <=, >, >=); write a JSONPath filter expression such as `@.event == 'order.created' && @.data.total >= 100` (strings in single quotes)"
+        );
     }
 
     #[test]

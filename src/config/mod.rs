@@ -147,20 +147,45 @@ fn recover(text: &str, first: serde_saphyr::Error, env: &dyn Fn(&str) -> Option<
     let starts: Vec<u64> = outline.rules.iter().map(|r| r.referenced.line()).collect();
     let mut diagnostics = Vec::new();
     let mut good_rules = Vec::new();
+    // Every rule's name in file order, and whether it parsed: a rule that does not parse still
+    // counts for duplicate names (validation only sees the ones that did).
+    let mut names: Vec<(Spanned<String>, bool)> = Vec::new();
     for (i, &start) in starts.iter().enumerate() {
         let Some(slice) = rule_lines(&lines, start, starts.get(i + 1).copied()) else {
             return vec![first_diag];
         };
         let padded = format!("{}{}", "\n".repeat(slice.0 as usize - 1), slice.1);
         match serde_saphyr::from_str::<Vec<Spanned<RawRule>>>(&padded) {
-            Ok(mut rules) if rules.len() == 1 => good_rules.extend(rules.pop()),
+            Ok(mut rules) if rules.len() == 1 => {
+                if let Some(rule) = rules.pop() {
+                    names.push((rule.value.name.clone(), true));
+                    good_rules.push(rule);
+                }
+            }
             Ok(_) => return vec![first_diag],
             Err(e) => {
                 let name = serde_saphyr::from_str::<Vec<NameOnly>>(&padded)
                     .ok()
                     .and_then(|v| v.into_iter().next())
                     .and_then(|n| n.name);
-                diagnostics.push(from_serde(&e, name));
+                diagnostics.push(from_serde(&e, name.as_ref().map(|n| n.value.clone())));
+                names.extend(name.map(|n| (n, false)));
+            }
+        }
+    }
+    let mut first_seen: std::collections::HashMap<&str, (u64, bool)> = std::collections::HashMap::new();
+    for (name, parsed) in &names {
+        match first_seen.get(name.value.as_str()) {
+            // Two rules that parsed: validation reports it.
+            Some((_, true)) if *parsed => {}
+            Some((line, _)) => diagnostics.push(Diagnostic {
+                line: name.referenced.line(),
+                column: name.referenced.column(),
+                rule: Some(name.value.clone()),
+                message: format!("duplicate rule name (first used on line {line}); give each rule its own name"),
+            }),
+            None => {
+                first_seen.insert(&name.value, (name.referenced.line(), *parsed));
             }
         }
     }
@@ -181,7 +206,7 @@ fn recover(text: &str, first: serde_saphyr::Error, env: &dyn Fn(&str) -> Option<
 /// Just the name of a rule, for labelling a rule that does not parse.
 #[derive(Deserialize)]
 struct NameOnly {
-    name: Option<String>,
+    name: Option<Spanned<String>>,
 }
 
 /// The lines of the rule whose first key is on line `start` (1-based): from its `-` to the
