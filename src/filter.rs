@@ -146,11 +146,7 @@ impl Filter {
     /// # Errors
     /// [`EvalError::NotJson`] when the payload is not JSON.
     pub fn matches(&self, msg: &Message) -> Result<bool, EvalError> {
-        let value = if self.wrapped {
-            msg.wrapped_json()?
-        } else {
-            msg.json()?
-        };
+        let value = if self.wrapped { msg.wrapped_json()? } else { msg.json()? };
         Ok(!run_query(&self.query, &self.source, value)?.is_empty())
     }
 
@@ -206,8 +202,7 @@ pub struct Template {
     segments: Vec<Segment>,
 }
 
-const TEMPLATE_HELP: &str =
-    "write `{{$}}`, `{{$.json.path}}`, `{{meta.key}}`, `{{meta.id}}`, `{{meta.rule}}`, `{{meta.pattern}}`, `{{meta.source}}`, `{{meta.fields.NAME}}` or `{{now}}`";
+const TEMPLATE_HELP: &str = "write `{{$}}`, `{{$.json.path}}`, `{{meta.key}}`, `{{meta.id}}`, `{{meta.rule}}`, `{{meta.pattern}}`, `{{meta.source}}`, `{{meta.fields.NAME}}` or `{{now}}`";
 
 impl Template {
     /// Compile a template.
@@ -238,11 +233,15 @@ impl Template {
                     Segment::MetaField(field["meta.fields.".len()..].to_string())
                 }
                 path if path.starts_with('$') => {
-                    let query = compile_path(path)
-                        .map_err(|e| format!("template `{{{{{path}}}}}` does not compile: {e}"))?;
+                    let query =
+                        compile_path(path).map_err(|e| format!("template `{{{{{path}}}}}` does not compile: {e}"))?;
                     Segment::Path(path.to_string(), query)
                 }
-                other => return Err(format!("unknown template expression `{{{{{other}}}}}`; {TEMPLATE_HELP}")),
+                other => {
+                    return Err(format!(
+                        "unknown template expression `{{{{{other}}}}}`; {TEMPLATE_HELP}"
+                    ));
+                }
             });
             rest = &after[end + 2..];
         }
@@ -297,9 +296,7 @@ impl Template {
                 Segment::MetaKey => out.extend_from_slice(msg.meta.key.as_bytes()),
                 Segment::MetaId => out.extend_from_slice(msg.meta.id.as_deref().unwrap_or("").as_bytes()),
                 Segment::MetaRule => out.extend_from_slice(msg.meta.rule.as_bytes()),
-                Segment::MetaPattern => {
-                    out.extend_from_slice(msg.meta.pattern.as_deref().unwrap_or("").as_bytes())
-                }
+                Segment::MetaPattern => out.extend_from_slice(msg.meta.pattern.as_deref().unwrap_or("").as_bytes()),
                 Segment::MetaSource => out.extend_from_slice(msg.meta.source.as_str().as_bytes()),
                 Segment::MetaField(name) => {
                     if let Some((_, v)) = msg.meta.fields.iter().find(|(k, _)| k == name) {
@@ -403,16 +400,14 @@ impl Transform {
         let mut errors = Vec::new();
         for (key, value) in spec {
             let compiled = match value {
-                Value::String(s) if s.trim_start().starts_with('$') && !s.contains("{{") => {
-                    compile_path(s.trim())
-                        .map(|query| {
-                            TransformValue::Path(PathExpr {
-                                source: s.trim().to_string(),
-                                query,
-                            })
+                Value::String(s) if s.trim_start().starts_with('$') && !s.contains("{{") => compile_path(s.trim())
+                    .map(|query| {
+                        TransformValue::Path(PathExpr {
+                            source: s.trim().to_string(),
+                            query,
                         })
-                        .map_err(|e| format!("JSONPath `{s}` does not compile: {e}"))
-                }
+                    })
+                    .map_err(|e| format!("JSONPath `{s}` does not compile: {e}")),
                 Value::String(s) if s.contains("{{") => Template::compile(s).map(TransformValue::Template),
                 other => Ok(TransformValue::Literal(other.clone())),
             };
@@ -510,7 +505,10 @@ mod tests {
             ("{{$.data.name}}", "Zoë"),
             ("{{$.data}}", r#"{"order_id":987,"name":"Zoë"}"#),
             ("{{$.list[*]}}", "[1,2]"),
-            ("{{meta.key}}|{{meta.id}}|{{meta.rule}}|{{meta.source}}", "events:order|1-0|r|channel"),
+            (
+                "{{meta.key}}|{{meta.id}}|{{meta.rule}}|{{meta.source}}",
+                "events:order|1-0|r|channel",
+            ),
             ("plain", "plain"),
             ("{{ $ }}", r#"{"data":{"order_id":987,"name":"Zoë"},"list":[1,2]}"#),
             ("x{{$.nothing}}y", "xy"),
@@ -521,8 +519,17 @@ mod tests {
             assert_eq!(t.render_string(&m, Missing::Empty).unwrap(), *want, "{tpl}");
         }
         let t = Template::compile("k:{{$.nothing}}").unwrap();
-        assert!(matches!(t.render_string(&m, Missing::Error), Err(EvalError::Missing(_))));
-        assert!(Template::compile("{{now}}").unwrap().render_string(&m, Missing::Error).unwrap().ends_with('Z'));
+        assert!(matches!(
+            t.render_string(&m, Missing::Error),
+            Err(EvalError::Missing(_))
+        ));
+        assert!(
+            Template::compile("{{now}}")
+                .unwrap()
+                .render_string(&m, Missing::Error)
+                .unwrap()
+                .ends_with('Z')
+        );
     }
 
     #[test]
@@ -545,6 +552,9 @@ mod tests {
         .unwrap();
         let t = Transform::compile(&spec).unwrap();
         let out = t.apply(&msg(r#"{"data":{"order_id":987}}"#)).unwrap();
-        assert_eq!(out.to_string(), r#"{"id":987,"label":"order 987","fixed":3,"none":null}"#);
+        assert_eq!(
+            out.to_string(),
+            r#"{"id":987,"label":"order 987","fixed":3,"none":null}"#
+        );
     }
 }

@@ -199,9 +199,7 @@ fn php_number(n: &Number) -> PhpNumber {
     // u64 above i64::MAX and anything with a fraction or exponent are floats in PHP too.
     // `as_f64` only fails under serde_json's `arbitrary_precision` for out-of-range values,
     // where PHP's strtod gives INF; parsing the text reproduces that.
-    let f = n
-        .as_f64()
-        .unwrap_or_else(|| n.to_string().parse().unwrap_or(f64::NAN));
+    let f = n.as_f64().unwrap_or_else(|| n.to_string().parse().unwrap_or(f64::NAN));
     PhpNumber::Float(f)
 }
 
@@ -242,11 +240,7 @@ fn push_php_float(f: f64, exp_char: char, out: &mut String) {
         out.push_str(if f > 0.0 { "INF" } else { "-INF" });
         return;
     }
-    // Rust's `{:e}` gives the shortest digits that round-trip, like zend_dtoa mode 0.
-    let sci = format!("{:e}", f.abs());
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let (digits, exp) = shortest_digits(f.abs());
     // zend_dtoa's decpt: the value is 0.DIGITS * 10^decpt.
     let decpt = exp + 1;
     if f.is_sign_negative() {
@@ -278,6 +272,31 @@ fn push_php_float(f: f64, exp_char: char, out: &mut String) {
             out.push('.');
             out.push_str(&digits[decpt..]);
         }
+    }
+}
+
+/// The digits and decimal exponent of zend_dtoa mode 0 for a finite `f >= 0`: the fewest
+/// significant digits that read back as `f`, and among those the ones closest to `f`, ties to
+/// even (`1307953561161475.25` gives `…475.2`).
+///
+/// Rust's `{:e}` finds the fewest digits, but breaks a tie between two equally close
+/// candidates upwards (`…475.3`); its fixed-precision `{:.N$e}` rounds exactly, ties to even,
+/// so it gives zend_dtoa's choice whenever that choice reads back as `f`.
+fn shortest_digits(f: f64) -> (String, i32) {
+    let split = |sci: &str| -> (String, i32) {
+        let (mantissa, exp) = sci.split_once('e').unwrap_or((sci, "0"));
+        let mut digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+        while digits.len() > 1 && digits.ends_with('0') {
+            digits.pop();
+        }
+        (digits, exp.parse().unwrap_or(0))
+    };
+    let shortest = split(&format!("{f:e}"));
+    let nearest = format!("{:.*e}", shortest.0.len().saturating_sub(1), f);
+    if nearest.parse::<f64>().is_ok_and(|back| back == f) {
+        split(&nearest)
+    } else {
+        shortest
     }
 }
 
@@ -380,7 +399,8 @@ fn push_php_json_string(s: &str, unescaped_unicode: bool, out: &mut String) {
 /// `<prefix>queues:<queue>` (with a `"1"` on `…:notify`).
 ///
 /// Key order: `uuid, displayName, job, maxTries, maxExceptions, failOnTimeout, backoff,
-/// timeout, retryUntil, data, id, attempts`.
+/// timeout, retryUntil, data, id, attempts`. Like Laravel's own handler payloads, the handler
+/// form leaves `retryUntil` out unless `opts.retry_until` is set.
 ///
 /// * [`JobTarget::Command`]: `data` is `{"commandName","command"}`, where `command` is the
 ///   serialized job object `O:…:"<class>":11:{…}` with the message in the protected property
@@ -398,13 +418,7 @@ fn push_php_json_string(s: &str, unescaped_unicode: bool, out: &mut String) {
 /// [`validate_property_name`] or [`validate_handler`], and `opts.backoff` [`validate_backoff`];
 /// otherwise the payload is still valid JSON but the worker will fail the job. Messages nested
 /// deeper than 511 levels exceed PHP's `json_decode` depth (serde_json stops at 128).
-pub fn build_job(
-    target: &JobTarget,
-    opts: &JobOptions,
-    data: &Value,
-    uuid: &str,
-    id: &str,
-) -> Vec<u8> {
+pub fn build_job(target: &JobTarget, opts: &JobOptions, data: &Value, uuid: &str, id: &str) -> Vec<u8> {
     let (display_name, job) = match target {
         JobTarget::Command { class, .. } => (class.as_str(), CALL_QUEUED_HANDLER),
         JobTarget::Handler { handler } => (
@@ -428,8 +442,12 @@ pub fn build_job(
     }
     out.push_str(",\"timeout\":");
     push_opt_int(opts.timeout, &mut out);
-    out.push_str(",\"retryUntil\":");
-    push_opt_int(opts.retry_until, &mut out);
+    // Laravel's `createStringPayload` (the handler form) has no `retryUntil` key; its worker
+    // reads `payload['retryUntil'] ?? null`, so the key is only written there when it is set.
+    if matches!(target, JobTarget::Command { .. }) || opts.retry_until.is_some() {
+        out.push_str(",\"retryUntil\":");
+        push_opt_int(opts.retry_until, &mut out);
+    }
     out.push_str(",\"data\":");
     match target {
         JobTarget::Command { class, property } => {
@@ -463,10 +481,7 @@ fn push_opt_int<T: std::fmt::Display>(value: Option<T>, out: &mut String) {
 /// `SerializesModels::__serialize` writes them.
 fn serialize_command(class: &str, property: &str, queue: &str, data: &Value) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    push_fmt(
-        &mut out,
-        format_args!("O:{}:\"{class}\":11:{{", class.len()),
-    );
+    push_fmt(&mut out, format_args!("O:{}:\"{class}\":11:{{", class.len()));
     let mut name = Vec::with_capacity(property.len() + 3);
     name.extend_from_slice(b"\0*\0");
     name.extend_from_slice(property.as_bytes());
@@ -695,10 +710,7 @@ enum PhpKey {
 fn unmangled(key: &PhpKey) -> Option<&[u8]> {
     match key {
         PhpKey::Str(name) => match name.strip_prefix(b"\0") {
-            Some(rest) => rest
-                .iter()
-                .position(|&b| b == 0)
-                .map(|nul| &rest[nul + 1..]),
+            Some(rest) => rest.iter().position(|&b| b == 0).map(|nul| &rest[nul + 1..]),
             None => Some(name),
         },
         PhpKey::Int(_) => None,
@@ -714,20 +726,12 @@ impl Php {
             Php::Float(f) => Value::Number(Number::from_f64(*f)?),
             Php::Str(bytes) => Value::String(String::from_utf8(bytes.clone()).ok()?),
             Php::Array(entries) => {
-                let is_list = entries
-                    .iter()
-                    .enumerate()
-                    .all(|(index, (key, _))| match key {
-                        PhpKey::Int(i) => usize::try_from(*i).ok() == Some(index),
-                        PhpKey::Str(_) => false,
-                    });
+                let is_list = entries.iter().enumerate().all(|(index, (key, _))| match key {
+                    PhpKey::Int(i) => usize::try_from(*i).ok() == Some(index),
+                    PhpKey::Str(_) => false,
+                });
                 if is_list {
-                    Value::Array(
-                        entries
-                            .iter()
-                            .map(|(_, v)| v.to_json())
-                            .collect::<Option<_>>()?,
-                    )
+                    Value::Array(entries.iter().map(|(_, v)| v.to_json()).collect::<Option<_>>()?)
                 } else {
                     let mut map = Map::with_capacity(entries.len());
                     for (key, item) in entries {
@@ -786,47 +790,66 @@ impl Unserializer<'_> {
         }
     }
 
-    /// A signed decimal terminated by `end`, as PHP's `iv` (`[+-]?[0-9]+`).
+    /// A signed decimal terminated by `end`, as PHP's `iv` (`[+-]?[0-9]+`). Like PHP 8.2's
+    /// `unserialize`, a value beyond int64 saturates instead of failing.
     fn int(&mut self, end: u8) -> Result<i64, LaravelError> {
         let start = self.pos;
         let text = self.until(end)?;
-        let digits = text.strip_prefix(b"-").or_else(|| text.strip_prefix(b"+"));
-        let digits = digits.unwrap_or(text);
+        let (negative, digits) = match text {
+            [b'-', rest @ ..] => (true, rest),
+            [b'+', rest @ ..] => (false, rest),
+            _ => (false, text),
+        };
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            self.pos = start;
+            return self.fail("expected an integer");
+        }
+        let mut value: i64 = 0;
+        for &digit in digits {
+            let digit = i64::from(digit - b'0');
+            value = value
+                .saturating_mul(10)
+                .saturating_add(if negative { -digit } else { digit });
+        }
+        Ok(value)
+    }
+
+    /// An unsigned length terminated by `end` (`[0-9]+`, or `+[0-9]+` where PHP allows it).
+    fn len(&mut self, end: u8, allow_plus: bool) -> Result<usize, LaravelError> {
+        let start = self.pos;
+        let text = self.until(end)?;
+        let digits = match text {
+            [b'+', rest @ ..] if allow_plus => rest,
+            _ => text,
+        };
         let parsed = if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
             None
         } else {
-            std::str::from_utf8(text)
-                .ok()
-                .and_then(|t| t.strip_prefix('+').unwrap_or(t).parse().ok())
+            std::str::from_utf8(digits).ok().and_then(|t| t.parse().ok())
         };
         match parsed {
-            Some(i) => Ok(i),
-            None => {
-                self.pos = start;
-                self.fail("expected an int64")
-            }
-        }
-    }
-
-    /// An unsigned length terminated by `end`.
-    fn len(&mut self, end: u8) -> Result<usize, LaravelError> {
-        let start = self.pos;
-        let text = self.until(end)?;
-        match std::str::from_utf8(text)
-            .ok()
-            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
-        {
-            Some(t) => match t.parse() {
-                Ok(len) => Ok(len),
-                Err(_) => {
-                    self.pos = start;
-                    self.fail("length out of range")
-                }
-            },
+            Some(len) => Ok(len),
             None => {
                 self.pos = start;
                 self.fail("expected a length")
             }
+        }
+    }
+
+    /// `"<class name>"` of `len` bytes, checked the way `unserialize` checks it.
+    fn class_name(&mut self, len: usize) -> Result<(), LaravelError> {
+        let start = self.pos;
+        let name = self.quoted(len)?;
+        let valid = !name.is_empty()
+            && name[0] != b'\\'
+            && name
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'\\' || b >= 0x80);
+        if valid {
+            Ok(())
+        } else {
+            self.pos = start;
+            self.fail("invalid class name")
         }
     }
 
@@ -911,34 +934,34 @@ impl Unserializer<'_> {
                 }
             }
             b's' => {
-                let len = self.len(b':')?;
+                let len = self.len(b':', false)?;
                 let bytes = self.quoted(len)?.to_vec();
                 self.expect(b';')?;
                 Ok(Php::Str(bytes))
             }
             b'S' => {
-                let len = self.len(b':')?;
+                let len = self.len(b':', false)?;
                 let bytes = self.escaped_string(len)?;
                 self.expect(b';')?;
                 Ok(Php::Str(bytes))
             }
             b'a' => {
-                let count = self.len(b':')?;
+                let count = self.len(b':', false)?;
                 self.entries(count).map(Php::Array)
             }
             b'O' => {
-                let len = self.len(b':')?;
-                self.quoted(len)?;
+                let len = self.len(b':', false)?;
+                self.class_name(len)?;
                 self.expect(b':')?;
-                let count = self.len(b':')?;
+                let count = self.len(b':', true)?;
                 let props = self.entries(count)?;
                 Ok(Php::Object { props })
             }
             b'C' => {
-                let len = self.len(b':')?;
-                self.quoted(len)?;
+                let len = self.len(b':', false)?;
+                self.class_name(len)?;
                 self.expect(b':')?;
-                let len = self.len(b':')?;
+                let len = self.len(b':', true)?;
                 self.expect(b'{')?;
                 match self.pos.checked_add(len) {
                     Some(end) if end <= self.input.len() => self.pos = end,
@@ -952,8 +975,12 @@ impl Unserializer<'_> {
                 Ok(Php::Opaque)
             }
             b'E' => {
-                let len = self.len(b':')?;
-                self.quoted(len)?;
+                let len = self.len(b':', false)?;
+                let start = self.pos;
+                if !self.quoted(len)?.contains(&b':') {
+                    self.pos = start;
+                    return self.fail("expected `Enum:Case`");
+                }
                 self.expect(b';')?;
                 Ok(Php::Opaque)
             }
@@ -1022,7 +1049,7 @@ mod tests {
 
     /// `(json, serialize(json_decode($json, true)), json_encode(json_decode($json, true),
     /// JSON_UNESCAPED_UNICODE))`, both outputs printed by PHP 8.2.
-    /// Generated by /tmp/laravel-dev/gen-table.php.
+    /// Generated by `tests/fixtures/laravel/serialize-table/gen.php` from `inputs.txt` there.
     const PHP_TABLE: &[(&str, &[u8], &str)] = &[
         (
             r#"null"#,
@@ -1168,6 +1195,21 @@ mod tests {
             r#"123.456"#,
             br#"d:123.456;"#,
             r#"123.456"#,
+        ),
+        (
+            r#"1307953561161475.25"#,
+            br#"d:1307953561161475.2;"#,
+            r#"1307953561161475.2"#,
+        ),
+        (
+            r#"-2097328136003113.25"#,
+            br#"d:-2097328136003113.2;"#,
+            r#"-2097328136003113.2"#,
+        ),
+        (
+            r#"9.5554e16"#,
+            br#"d:95554000000000000;"#,
+            r#"95554000000000000"#,
         ),
         (
             r#"1e15"#,
@@ -1326,11 +1368,7 @@ mod tests {
     #[test]
     fn php_json_encode_matches_php() {
         for (json, _, expected) in PHP_TABLE {
-            assert_eq!(
-                php_json_encode(&parse(json), true),
-                *expected,
-                "json_encode of {json}"
-            );
+            assert_eq!(php_json_encode(&parse(json), true), *expected, "json_encode of {json}");
         }
     }
 
@@ -1363,18 +1401,13 @@ mod tests {
                 .to_json()
                 .unwrap_or_else(|| panic!("{json}: no JSON form"));
             assert_eq!(parser.pos, bytes.len(), "{json}: trailing bytes");
-            assert_eq!(
-                php_json_encode(&back, true),
-                *normalised,
-                "round trip of {json}"
-            );
+            assert_eq!(php_json_encode(&back, true), *normalised, "round trip of {json}");
         }
     }
 
     const WORKED_UUID: &str = "08a1e7da-8736-4042-84f2-413995be7fa1";
     const WORKED_ID: &str = "hg1MTefyVamMAvtDc5zprTTGRGlpcs1C";
-    const WORKED_DATA: &str =
-        r#"{"order_id":42,"name":"Zoë","paid":true,"total":12.5,"note":null,"tags":["a/b"]}"#;
+    const WORKED_DATA: &str = r#"{"order_id":42,"name":"Zoë","paid":true,"total":12.5,"note":null,"tags":["a/b"]}"#;
 
     fn callp2() -> JobTarget {
         JobTarget::Command {
@@ -1448,6 +1481,22 @@ mod tests {
             let payload = build_job(target, &opts, &data, "U", "I");
             assert_eq!(String::from_utf8_lossy(&payload), expected);
         }
+        // Without options, byte for byte what `Queue::push($handler, $data)` wrote (checked
+        // against Laravel 8.83 with the fixture's `router:dispatch`).
+        let cases = [(
+            &handler,
+            json!(null),
+            concat!(
+                r#"{"uuid":"U","displayName":"App\\Handlers\\Orders","#,
+                r#""job":"App\\Handlers\\Orders@handle","maxTries":null,"maxExceptions":null,"#,
+                r#""failOnTimeout":false,"backoff":null,"timeout":null,"data":null,"#,
+                r#""id":"I","attempts":0}"#
+            ),
+        )];
+        for (target, data, expected) in cases {
+            let payload = build_job(target, &JobOptions::new("q"), &data, "U", "I");
+            assert_eq!(String::from_utf8_lossy(&payload), expected);
+        }
     }
 
     #[test]
@@ -1461,12 +1510,7 @@ mod tests {
             property: "payload".to_owned(),
         };
         let cases = [
-            (
-                callp2(),
-                WORKED_DATA,
-                WORKED_DATA,
-                Some("App\\Jobs\\CALLP2"),
-            ),
+            (callp2(), WORKED_DATA, WORKED_DATA, Some("App\\Jobs\\CALLP2")),
             (
                 callp2(),
                 r#"{"0":"a","1":"b"}"#,
@@ -1494,8 +1538,7 @@ mod tests {
     #[test]
     fn parse_job_handles_other_command_shapes() {
         let envelope = |command: &str| {
-            json!({"job": CALL_QUEUED_HANDLER, "data": {"commandName": "X", "command": command}})
-                .to_string()
+            json!({"job": CALL_QUEUED_HANDLER, "data": {"commandName": "X", "command": command}}).to_string()
         };
         let cases: &[(&str, Option<Value>)] = &[
             // Laravel 9.4+ short form, and the minimal form.
@@ -1505,14 +1548,8 @@ mod tests {
             ),
             ("O:1:\"X\":1:{s:7:\"\0*\0data\";a:0:{}}", Some(json!([]))),
             // Public and private `data`, found after other properties.
-            (
-                "O:1:\"X\":2:{s:1:\"a\";i:1;s:4:\"data\";b:1;}",
-                Some(json!(true)),
-            ),
-            (
-                "O:1:\"X\":2:{s:1:\"a\";i:1;s:7:\"\0X\0data\";d:0.5;}",
-                Some(json!(0.5)),
-            ),
+            ("O:1:\"X\":2:{s:1:\"a\";i:1;s:4:\"data\";b:1;}", Some(json!(true))),
+            ("O:1:\"X\":2:{s:1:\"a\";i:1;s:7:\"\0X\0data\";d:0.5;}", Some(json!(0.5))),
             // No `data`: the first property.
             (
                 "O:1:\"X\":2:{s:8:\"\0*\0order\";s:2:\"ok\";s:1:\"b\";N;}",
@@ -1520,10 +1557,7 @@ mod tests {
             ),
             ("O:1:\"X\":0:{}", None),
             // Objects, references, enums, custom objects inside data: no JSON form.
-            (
-                "O:1:\"X\":1:{s:4:\"data\";a:1:{i:0;O:8:\"stdClass\":0:{}}}",
-                None,
-            ),
+            ("O:1:\"X\":1:{s:4:\"data\";a:1:{i:0;O:8:\"stdClass\":0:{}}}", None),
             ("O:1:\"X\":1:{s:4:\"data\";a:2:{i:0;i:1;i:1;R:2;}}", None),
             ("O:1:\"X\":1:{s:4:\"data\";E:5:\"A:Bcd\";}", None),
             ("O:1:\"X\":1:{s:4:\"data\";C:1:\"Y\":3:{abc}}", None),
@@ -1540,16 +1574,21 @@ mod tests {
                 "O:1:\"X\":1:{s:4:\"data\";a:2:{s:1:\"0\";i:5;i:1;S:3:\"\\41bc\";}}",
                 Some(json!([5, "Abc"])),
             ),
+            ("O:1:\"X\":1:{s:4:\"data\";a:1:{i:1;i:5;}}", Some(json!({"1": 5}))),
+            // What PHP 8.2 also accepts: `+` on the property count, saturating integers,
+            // int property names, a trailing backslash in the class name, trailing bytes.
+            ("O:1:\"X\":+1:{s:4:\"data\";i:1;}", Some(json!(1))),
             (
-                "O:1:\"X\":1:{s:4:\"data\";a:1:{i:1;i:5;}}",
-                Some(json!({"1": 5})),
+                "O:1:\"X\":1:{s:4:\"data\";a:2:{i:0;i:99999999999999999999;i:1;i:-99999999999999999999;}}",
+                Some(json!([i64::MAX, i64::MIN])),
             ),
+            ("O:1:\"X\":1:{i:0;s:1:\"z\";}", Some(json!("z"))),
+            ("O:4:\"A\\B\\\":1:{s:4:\"data\";d:1e5;}x", Some(json!(100000.0))),
             // Encrypted (does not start with `O:`).
             ("eyJpdiI6IjEyMyJ9", None),
         ];
         for (command, expected) in cases {
-            let view = parse_job(envelope(command).as_bytes())
-                .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+            let view = parse_job(envelope(command).as_bytes()).unwrap_or_else(|e| panic!("{command:?}: {e}"));
             assert_eq!(view.data, *expected, "{command:?}");
             assert_eq!(view.command_name.as_deref(), Some("X"));
         }
@@ -1557,18 +1596,14 @@ mod tests {
 
     #[test]
     fn parse_job_rejects_malformed_payloads() {
-        let command =
-            |c: &str| json!({"job": CALL_QUEUED_HANDLER, "data": {"command": c}}).to_string();
+        let command = |c: &str| json!({"job": CALL_QUEUED_HANDLER, "data": {"command": c}}).to_string();
         let deep = format!("O:1:\"X\":1:{{s:4:\"data\";{}", "a:1:{i:0;".repeat(600));
         let cases: Vec<(String, &str)> = vec![
             ("not json".to_owned(), "not valid JSON"),
             ("[]".to_owned(), "not a JSON object"),
             (r#"{"data":{}}"#.to_owned(), "no string `job`"),
             (r#"{"job":1}"#.to_owned(), "no string `job`"),
-            (
-                json!({"job": CALL_QUEUED_HANDLER}).to_string(),
-                "data.command",
-            ),
+            (json!({"job": CALL_QUEUED_HANDLER}).to_string(), "data.command"),
             (
                 json!({"job": CALL_QUEUED_HANDLER, "data": {"command": 5}}).to_string(),
                 "data.command",
@@ -1577,28 +1612,22 @@ mod tests {
             (command("O:x:\"X\":0:{}"), "expected a length"),
             (command("O:15:\"App\\Jobs\\CALLP2\":1:{"), "unexpected end"),
             (command("O:99:\"X\":0:{}"), "runs past the end"),
-            (
-                command("O:18446744073709551615:\"X\":0:{}"),
-                "runs past the end",
-            ),
-            (
-                command("O:99999999999999999999999:\"X\":0:{}"),
-                "length out of range",
-            ),
-            (
-                command("O:1:\"X\":1:{s:4:\"data\";i:99999999999999999999;}"),
-                "int64",
-            ),
-            (command("O:1:\"X\":1:{s:4:\"data\";i:;}"), "int64"),
+            (command("O:18446744073709551615:\"X\":0:{}"), "runs past the end"),
+            (command("O:99999999999999999999999:\"X\":0:{}"), "expected a length"),
+            (command("O:+1:\"X\":0:{}"), "expected a length"),
+            (command("O:1:\"X\":-1:{}"), "expected a length"),
+            (command("O:1:\"X\":1:{s:4:\"data\";i:;}"), "expected an integer"),
+            (command("O:1:\"X\":1:{s:4:\"data\";i:1x;}"), "expected an integer"),
+            (command("O:2:\"\\A\":0:{}"), "invalid class name"),
+            (command("O:3:\"A B\":0:{}"), "invalid class name"),
+            (command("O:0:\"\":0:{}"), "invalid class name"),
             (command("O:1:\"X\":1:{s:4:\"data\";d:nan;}"), "float"),
             (command("O:1:\"X\":1:{s:4:\"data\";b:2;}"), "`0` or `1`"),
             (command("O:1:\"X\":1:{s:4:\"data\";x:1;}"), "unknown type"),
             (command("O:1:\"X\":1:{N;N;}"), "array keys"),
             (command("O:1:\"X\":9999999999:{}"), "unknown type `}`"),
-            (
-                command("O:1:\"X\":1:{s:4:\"data\";S:2:\"\\zz\";}"),
-                "escape",
-            ),
+            (command("O:1:\"X\":1:{s:4:\"data\";S:2:\"\\zz\";}"), "escape"),
+            (command("O:1:\"X\":1:{s:4:\"data\";E:1:\"q\";}"), "Enum:Case"),
             (command(&deep), "nested deeper"),
         ];
         for (payload, needle) in cases {
@@ -1606,10 +1635,7 @@ mod tests {
                 Ok(view) => panic!("{payload:?} parsed as {view:?}"),
                 Err(e) => {
                     let text = e.to_string();
-                    assert!(
-                        text.contains(needle),
-                        "{payload:?}: {text:?} lacks {needle:?}"
-                    );
+                    assert!(text.contains(needle), "{payload:?}: {text:?} lacks {needle:?}");
                 }
             }
         }
@@ -1617,22 +1643,13 @@ mod tests {
 
     #[test]
     fn parse_job_never_panics_on_truncated_or_corrupted_payloads() {
-        let payload = build_job(
-            &callp2(),
-            &JobOptions::new("q"),
-            &parse(WORKED_DATA),
-            "U",
-            "I",
-        );
+        let payload = build_job(&callp2(), &JobOptions::new("q"), &parse(WORKED_DATA), "U", "I");
         let view = parse_job(&payload).expect("full payload parses");
         let command = json!({"job": view.job, "data": {"command": ""}});
         let Ok(Value::Object(full)) = serde_json::from_slice::<Value>(&payload) else {
             panic!("payload is an object");
         };
-        let inner = full["data"]["command"]
-            .as_str()
-            .expect("command")
-            .to_owned();
+        let inner = full["data"]["command"].as_str().expect("command").to_owned();
         for cut in 0..inner.len() {
             let mut corrupted = command.clone();
             let truncated = String::from_utf8_lossy(&inner.as_bytes()[..cut]).into_owned();
@@ -1687,10 +1704,7 @@ mod tests {
             ("App/Jobs/CALLP2", Some("not `/`")),
             ("App\\\\Jobs\\CALLP2", Some("empty namespace segment")),
             ("App\\Jobs\\", Some("empty namespace segment")),
-            (
-                "App\\Jobs\\9Lives",
-                Some("`9Lives` is not a PHP identifier"),
-            ),
+            ("App\\Jobs\\9Lives", Some("`9Lives` is not a PHP identifier")),
             ("App\\Jobs\\Send-Invoice", Some("`Send-Invoice`")),
             ("App\\Orders@handle", Some("handler")),
         ];

@@ -18,7 +18,11 @@ use tracing_subscriber::EnvFilter;
 const EXIT_CONFIG: u8 = 78;
 
 #[derive(Parser)]
-#[command(name = "redis-router", version, about = "Route messages between Redis Pub/Sub, Streams, queues and webhooks by the rules of one YAML file.")]
+#[command(
+    name = "redis-router",
+    version,
+    about = "Route messages between Redis Pub/Sub, Streams, queues and webhooks by the rules of one YAML file."
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -38,7 +42,12 @@ enum Command {
     /// Run the rules until SIGINT or SIGTERM; SIGHUP reloads the file.
     Run {
         /// The rule file.
-        #[arg(short = 'c', long = "config", env = "REDIS_ROUTER_CONFIG", default_value = "routes.yaml")]
+        #[arg(
+            short = 'c',
+            long = "config",
+            env = "REDIS_ROUTER_CONFIG",
+            default_value = "routes.yaml"
+        )]
         config: PathBuf,
         /// How long stopping rules may take to finish what they hold.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -78,7 +87,9 @@ fn main() -> ExitCode {
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -108,6 +108,15 @@ impl Message {
         msg
     }
 
+    /// A message whose JSON view is not its bytes parsed: a Laravel job keeps its payload bytes
+    /// (so that it can be forwarded unchanged) and shows filters its class and data.
+    pub fn with_json_view(body: Body, meta: Meta, view: Value) -> Self {
+        let msg = Message::new(body, meta);
+        // The cell is fresh, so setting it cannot fail.
+        let _ = msg.json.set(Ok(Value::Array(vec![view])));
+        msg
+    }
+
     /// The payload as JSON, parsed on first use.
     ///
     /// # Errors
@@ -128,9 +137,7 @@ impl Message {
         self.json
             .get_or_init(|| {
                 let value = match &self.body {
-                    Body::Bytes(bytes) => {
-                        serde_json::from_slice(bytes).map_err(|e| NotJson(e.to_string()))?
-                    }
+                    Body::Bytes(bytes) => serde_json::from_slice(bytes).map_err(|e| NotJson(e.to_string()))?,
                     Body::Fields(fields) => fields_to_json(fields),
                     Body::Field(bytes) => serde_json::from_slice(bytes)
                         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned())),

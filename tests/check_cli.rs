@@ -25,7 +25,12 @@ fn invalid_fixtures_print_every_error_with_its_position() {
             .output()
             .expect("run check");
         let expected = std::fs::read_to_string(path.with_extension("expected")).expect("expected output file");
-        assert_eq!(String::from_utf8_lossy(&out.stderr), expected, "stderr of check {}", rel.display());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            expected,
+            "stderr of check {}",
+            rel.display()
+        );
         assert_eq!(out.status.code(), Some(78), "exit code of check {}", rel.display());
         assert!(out.stdout.is_empty());
         checked += 1;
@@ -66,7 +71,9 @@ fn example_file_passes() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.lines().any(|l| l == "orders-to-stream: channel events:order -> stream processed_stream"),
+        stdout
+            .lines()
+            .any(|l| l == "orders-to-stream: channel events:order -> stream processed_stream"),
         "{stdout}"
     );
 }

@@ -10,7 +10,10 @@ fn rules() -> String {
     let sources = [
         ("channel", "{ channel: \"in:channel-SINK\" }"),
         ("pattern", "{ pattern: \"in:pattern-SINK:*\" }"),
-        ("group", "{ stream: \"in:group-SINK\", group: g, start: oldest, block: 100ms }"),
+        (
+            "group",
+            "{ stream: \"in:group-SINK\", group: g, start: oldest, block: 100ms }",
+        ),
         ("tail", "{ stream: \"in:tail-SINK\", start: oldest, block: 100ms }"),
         ("queue", "{ queue: \"in:queue-SINK\", block: 100ms }"),
     ];
@@ -48,10 +51,22 @@ async fn every_source_reaches_every_sink() {
 
     for sink in ["publish", "stream", "queue"] {
         let body = |src: &str| format!(r#"{{"from":"{src}","to":"{sink}"}}"#);
-        let _: i64 = conn.publish(format!("in:channel-{sink}"), body("channel")).await.unwrap();
-        let _: i64 = conn.publish(format!("in:pattern-{sink}:x"), body("pattern")).await.unwrap();
-        let _: String = conn.xadd(format!("in:group-{sink}"), "*", &[("from", "group"), ("to", sink)]).await.unwrap();
-        let _: String = conn.xadd(format!("in:tail-{sink}"), "*", &[("from", "tail"), ("to", sink)]).await.unwrap();
+        let _: i64 = conn
+            .publish(format!("in:channel-{sink}"), body("channel"))
+            .await
+            .unwrap();
+        let _: i64 = conn
+            .publish(format!("in:pattern-{sink}:x"), body("pattern"))
+            .await
+            .unwrap();
+        let _: String = conn
+            .xadd(format!("in:group-{sink}"), "*", &[("from", "group"), ("to", sink)])
+            .await
+            .unwrap();
+        let _: String = conn
+            .xadd(format!("in:tail-{sink}"), "*", &[("from", "tail"), ("to", sink)])
+            .await
+            .unwrap();
         let _: i64 = conn.rpush(format!("in:queue-{sink}"), body("queue")).await.unwrap();
     }
 
@@ -59,17 +74,28 @@ async fn every_source_reaches_every_sink() {
     {
         let mut messages = listener.on_message();
         while published.len() < 5 {
-            let msg = within(futures_util::StreamExt::next(&mut messages)).await.expect("pubsub message");
-            published.push((msg.get_channel_name().to_string(), String::from_utf8(msg.get_payload_bytes().to_vec()).unwrap()));
+            let msg = within(futures_util::StreamExt::next(&mut messages))
+                .await
+                .expect("pubsub message");
+            published.push((
+                msg.get_channel_name().to_string(),
+                String::from_utf8(msg.get_payload_bytes().to_vec()).unwrap(),
+            ));
         }
     }
     published.sort();
     assert_eq!(
         published,
         vec![
-            ("out:channel-publish".to_string(), r#"{"from":"channel","to":"publish"}"#.to_string()),
+            (
+                "out:channel-publish".to_string(),
+                r#"{"from":"channel","to":"publish"}"#.to_string()
+            ),
             ("out:group-publish".into(), r#"{"from":"group","to":"publish"}"#.into()),
-            ("out:pattern-publish".into(), r#"{"from":"pattern","to":"publish"}"#.into()),
+            (
+                "out:pattern-publish".into(),
+                r#"{"from":"pattern","to":"publish"}"#.into()
+            ),
             ("out:queue-publish".into(), r#"{"from":"queue","to":"publish"}"#.into()),
             ("out:tail-publish".into(), r#"{"from":"tail","to":"publish"}"#.into()),
         ]
@@ -92,7 +118,11 @@ async fn every_source_reaches_every_sink() {
             }
         })
         .await;
-        assert_eq!(element, vec![format!(r#"{{"from":"{src}","to":"queue"}}"#)], "{src} → queue");
+        assert_eq!(
+            element,
+            vec![format!(r#"{{"from":"{src}","to":"queue"}}"#)],
+            "{src} → queue"
+        );
     }
     // The queue sources emptied their processing lists once delivered.
     wait_for("processing lists emptied", TIMEOUT, || {

@@ -15,13 +15,35 @@ async fn example_rules_route_both_scenarios() {
     let yaml = std::fs::read_to_string(repo_root().join("routes.example.yaml")).unwrap();
 
     // Added before the router ever ran: a consumer group starting at `oldest` still reads it.
-    let early: String = conn.xadd("demo_stream", "*", &[("event", "order.created"), ("payload", "early"), ("timestamp", "1700000000")]).await.unwrap();
+    let early: String = conn
+        .xadd(
+            "demo_stream",
+            "*",
+            &[
+                ("event", "order.created"),
+                ("payload", "early"),
+                ("timestamp", "1700000000"),
+            ],
+        )
+        .await
+        .unwrap();
 
     let daemon = spawn_daemon(&yaml, &redis.url()).await;
     wait_subscribers(&mut conn, "events:order", 1).await;
     let order = r#"{"event":"order.created","data":{"order_id":987,"total":150000}}"#;
     let _: i64 = conn.publish("events:order", order).await.unwrap();
-    let late: String = conn.xadd("demo_stream", "*", &[("event", "order.created"), ("payload", "late"), ("timestamp", "1700000001")]).await.unwrap();
+    let late: String = conn
+        .xadd(
+            "demo_stream",
+            "*",
+            &[
+                ("event", "order.created"),
+                ("payload", "late"),
+                ("timestamp", "1700000001"),
+            ],
+        )
+        .await
+        .unwrap();
 
     let entries = wait_stream_len(&conn, "processed_stream", 3).await;
     let as_maps: Vec<HashMap<String, String>> = entries.iter().map(|(_, f)| f.iter().cloned().collect()).collect();
@@ -35,8 +57,14 @@ async fn example_rules_route_both_scenarios() {
     assert_eq!(from_stream.len(), 2);
     assert_eq!(from_stream[0]["original_id"], early);
     assert_eq!(from_stream[1]["original_id"], late);
-    assert_eq!(from_stream[0]["data"], r#"{"event":"order.created","payload":"early","timestamp":"1700000000"}"#);
+    assert_eq!(
+        from_stream[0]["data"],
+        r#"{"event":"order.created","payload":"early","timestamp":"1700000000"}"#
+    );
     let processed_at = &from_stream[1]["processed_at"];
-    assert!(humantime::parse_rfc3339(processed_at).is_ok(), "processed_at is RFC 3339: {processed_at}");
+    assert!(
+        humantime::parse_rfc3339(processed_at).is_ok(),
+        "processed_at is RFC 3339: {processed_at}"
+    );
     daemon.stop().await;
 }

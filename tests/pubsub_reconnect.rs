@@ -19,7 +19,10 @@ async fn publish_and_expect(redis: &RedisServer, n: usize, body: &str) {
     wait_subscribers(&mut conn, "events", 1).await;
     let _: i64 = within(conn.publish("events", body)).await.unwrap();
     let entries = wait_stream_len(&conn, "events:log", n).await;
-    assert_eq!(entries.last().unwrap().1, vec![("payload".to_string(), body.to_string())]);
+    assert_eq!(
+        entries.last().unwrap().1,
+        vec![("payload".to_string(), body.to_string())]
+    );
 }
 
 #[tokio::test]
@@ -29,7 +32,15 @@ async fn resubscribes_after_client_kill() {
     publish_and_expect(&redis, 1, "before").await;
 
     let mut conn = redis.conn().await;
-    let killed: i64 = within(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut conn)).await.unwrap();
+    let killed: i64 = within(
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut conn),
+    )
+    .await
+    .unwrap();
     assert_eq!(killed, 1);
     publish_and_expect(&redis, 2, "after kill").await;
     assert_eq!(daemon.counter("bridge", "reconnects"), 1);
@@ -46,7 +57,14 @@ async fn resubscribes_after_redis_restart() {
     // The restarted server kept nothing (no persistence): the stream starts again at 1.
     let started = std::time::Instant::now();
     publish_and_expect(&redis, 1, "after restart").await;
-    assert!(started.elapsed() < std::time::Duration::from_secs(5), "resubscribed in {:?}", started.elapsed());
-    wait_for("reconnect counted", TIMEOUT, || async { (daemon.counter("bridge", "reconnects") >= 1).then_some(()) }).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "resubscribed in {:?}",
+        started.elapsed()
+    );
+    wait_for("reconnect counted", TIMEOUT, || async {
+        (daemon.counter("bridge", "reconnects") >= 1).then_some(())
+    })
+    .await;
     daemon.stop().await;
 }

@@ -36,16 +36,25 @@ async fn filtered_channel_lands_in_stream_with_templates_and_prefix() {
     let small = r#"{"event":"order.created","data":{"order_id":988,"total":10}}"#;
     let other = r#"{"event":"order.paid","data":{"order_id":989,"total":150000}}"#;
     for payload in [small, other, big] {
-        let _: i64 = within(conn.publish("laravel_database_events:order", payload)).await.unwrap();
+        let _: i64 = within(conn.publish("laravel_database_events:order", payload))
+            .await
+            .unwrap();
     }
     // Published on the unprefixed name: a different channel, not routed.
     let _: i64 = within(conn.publish("events:order", big)).await.unwrap();
 
     let entries = wait_stream_len(&conn, "processed_stream", 1).await;
     // Also wait until all four were seen, so a wrongly passing message would show up.
-    wait_for("3 messages counted", TIMEOUT, || async { (daemon.counter("orders-to-stream", "received") >= 3).then_some(()) }).await;
+    wait_for("3 messages counted", TIMEOUT, || async {
+        (daemon.counter("orders-to-stream", "received") >= 3).then_some(())
+    })
+    .await;
     let entries_after = xrange(&mut conn, "processed_stream").await;
-    assert_eq!(entries_after.len(), 1, "only the big order.created passes: {entries_after:?}");
+    assert_eq!(
+        entries_after.len(),
+        1,
+        "only the big order.created passes: {entries_after:?}"
+    );
     let fields = &entries[0].1;
     assert_eq!(
         fields,
@@ -70,9 +79,13 @@ async fn non_json_payload_is_dead_lettered_and_the_rule_goes_on() {
     let daemon = spawn_daemon(RULES, &redis.url()).await;
     wait_subscribers(&mut conn, "laravel_database_events:order", 1).await;
 
-    let _: i64 = within(conn.publish("laravel_database_events:order", "this is not json")).await.unwrap();
+    let _: i64 = within(conn.publish("laravel_database_events:order", "this is not json"))
+        .await
+        .unwrap();
     let good = r#"{"event":"order.created","data":{"order_id":1,"total":100000}}"#;
-    let _: i64 = within(conn.publish("laravel_database_events:order", good)).await.unwrap();
+    let _: i64 = within(conn.publish("laravel_database_events:order", good))
+        .await
+        .unwrap();
 
     let delivered = wait_stream_len(&conn, "processed_stream", 1).await;
     assert_eq!(delivered[0].1.iter().find(|(k, _)| k == "order").unwrap().1, "1");

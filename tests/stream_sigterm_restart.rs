@@ -64,7 +64,10 @@ async fn sigterm_half_way_then_restart_delivers_everything() {
     within(producer).await.unwrap();
     let mut c = conn.clone();
     let at_stop: usize = within(c.xlen("dst")).await.unwrap();
-    assert!(at_stop < TOTAL, "stopped half-way ({copied_before} copied when signalled, {at_stop} at exit)");
+    assert!(
+        at_stop < TOTAL,
+        "stopped half-way ({copied_before} copied when signalled, {at_stop} at exit)"
+    );
 
     let _router2 = RouterProcess::start(&yaml, &redis.url());
     let entries = wait_for("every entry copied", Duration::from_secs(60), || {
@@ -81,13 +84,24 @@ async fn sigterm_half_way_then_restart_delivers_everything() {
     .await;
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (_, fields) in &entries {
-        let id = fields.iter().find(|(k, _)| k == "original_id").expect("original_id field").1.clone();
+        let id = fields
+            .iter()
+            .find(|(k, _)| k == "original_id")
+            .expect("original_id field")
+            .1
+            .clone();
         *seen.entry(id).or_default() += 1;
     }
     let duplicates = entries.len() - seen.len();
-    eprintln!("copied {} entries for {TOTAL} sources: {duplicates} duplicates (bound: {BATCH})", entries.len());
+    eprintln!(
+        "copied {} entries for {TOTAL} sources: {duplicates} duplicates (bound: {BATCH})",
+        entries.len()
+    );
     assert_eq!(seen.len(), TOTAL, "every source entry id is in the destination");
-    assert!(duplicates <= BATCH, "{duplicates} duplicates exceed the batch in flight ({BATCH})");
+    assert!(
+        duplicates <= BATCH,
+        "{duplicates} duplicates exceed the batch in flight ({BATCH})"
+    );
     // Every entry is acknowledged once delivered.
     wait_for("no entry left pending", TIMEOUT, || {
         let mut conn = c.clone();

@@ -22,16 +22,18 @@ pub fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String
         }
         out.push_str(&rest[..pos]);
         let after = &rest[pos + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("`${{` without closing `}}` in `{text}`; write `${{VAR}}` or `${{VAR:-default}}`"))?;
+        let end = after.find('}').ok_or_else(|| {
+            format!("`${{` without closing `}}` in `{text}`; write `${{VAR}}` or `${{VAR:-default}}`")
+        })?;
         let inner = &after[..end];
         let (name, default) = match inner.split_once(":-") {
             Some((name, default)) => (name, Some(default)),
             None => (inner, None),
         };
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("`${{{inner}}}` is not a variable name; write `${{VAR}}` or `${{VAR:-default}}`"));
+            return Err(format!(
+                "`${{{inner}}}` is not a variable name; write `${{VAR}}` or `${{VAR:-default}}`"
+            ));
         }
         // Like the shell's `:-`, an empty value takes the default too.
         let value = match (env(name), default) {

@@ -111,11 +111,7 @@ pub fn load_str(text: &str, file: &str) -> Result<RuleSet, ConfigError> {
 ///
 /// # Errors
 /// [`ConfigError::Invalid`] with every mistake found.
-pub fn load_str_with_env(
-    text: &str,
-    file: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<RuleSet, ConfigError> {
+pub fn load_str_with_env(text: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<RuleSet, ConfigError> {
     let invalid = |mut diagnostics: Vec<Diagnostic>| {
         diagnostics.sort_by_key(|d| (d.line, d.column));
         diagnostics.dedup();
@@ -358,7 +354,10 @@ mod tests {
 
     #[test]
     fn top_level_typo_and_yaml_syntax() {
-        assert_eq!(errors("rulez: []\n"), vec!["r.yaml:1:1: unknown key `rulez`; did you mean `rules`?"]);
+        assert_eq!(
+            errors("rulez: []\n"),
+            vec!["r.yaml:1:1: unknown key `rulez`; did you mean `rules`?"]
+        );
         let e = errors("rules: [\n");
         assert_eq!(e.len(), 1);
         assert!(e[0].starts_with("r.yaml:1:8: "), "{e:?}");
@@ -373,8 +372,13 @@ mod tests {
 
     #[test]
     fn rule_line_slices() {
-        let lines: Vec<&str> = "rules:\n  - name: a\n    x: 1\n\n  - name: b\n    y: 2\nhttp: {}\n".lines().collect();
-        assert_eq!(rule_lines(&lines, 2, Some(5)), Some((2, "  - name: a\n    x: 1\n".into())));
+        let lines: Vec<&str> = "rules:\n  - name: a\n    x: 1\n\n  - name: b\n    y: 2\nhttp: {}\n"
+            .lines()
+            .collect();
+        assert_eq!(
+            rule_lines(&lines, 2, Some(5)),
+            Some((2, "  - name: a\n    x: 1\n".into()))
+        );
         assert_eq!(rule_lines(&lines, 5, None), Some((5, "  - name: b\n    y: 2".into())));
     }
 }

@@ -101,6 +101,8 @@ pub(crate) struct RawSink {
     // Publish and queue options.
     pub body: Option<SpStr>,
     pub laravel: Option<Spanned<RawLaravelSink>>,
+    pub format: Option<SpStr>,
+    pub filter: Option<SpStr>,
     pub on_error: Option<Spanned<RawOnError>>,
 }
 

@@ -237,10 +237,22 @@ impl fmt::Display for SourceSpecKind {
         match self {
             SourceSpecKind::Channel { channel, .. } => write!(f, "channel {channel}"),
             SourceSpecKind::Pattern { pattern, .. } => write!(f, "pattern {pattern}"),
-            SourceSpecKind::Stream { stream, group: Some(g), .. } => write!(f, "stream {stream} (group {g})"),
-            SourceSpecKind::Stream { stream, group: None, .. } => write!(f, "stream {stream} (tail)"),
-            SourceSpecKind::Queue { queue, format: QueueFormat::Raw, .. } => write!(f, "queue {queue}"),
-            SourceSpecKind::Queue { queue, format: QueueFormat::Laravel, .. } => {
+            SourceSpecKind::Stream {
+                stream, group: Some(g), ..
+            } => write!(f, "stream {stream} (group {g})"),
+            SourceSpecKind::Stream {
+                stream, group: None, ..
+            } => write!(f, "stream {stream} (tail)"),
+            SourceSpecKind::Queue {
+                queue,
+                format: QueueFormat::Raw,
+                ..
+            } => write!(f, "queue {queue}"),
+            SourceSpecKind::Queue {
+                queue,
+                format: QueueFormat::Laravel,
+                ..
+            } => {
                 write!(f, "laravel queue {queue}")
             }
         }
@@ -254,6 +266,8 @@ pub struct SinkSpec {
     pub connection: Arc<ConnectionSpec>,
     /// What it writes.
     pub kind: SinkSpecKind,
+    /// Which messages this sink takes (after the rule's filter); all when absent.
+    pub filter: Option<Filter>,
     /// Retry and dead-letter policy (the rule's unless the sink overrides it).
     pub on_error: ErrorPolicy,
 }
@@ -283,16 +297,17 @@ pub enum SinkSpecKind {
         queue: Template,
         /// Element template for raw lists; the payload when absent.
         body: Option<Template>,
-        /// Laravel job options; `None` for a raw list.
+        /// Laravel queue options; `None` for a raw list.
         laravel: Option<LaravelSinkSpec>,
     },
 }
 
-/// How a `queue` sink wraps messages as Laravel jobs.
+/// How a `queue` sink writes to a Laravel queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaravelSinkSpec {
-    /// `App\Jobs\X` (serialized command) or `App\Handlers\X@method` (plain JSON data).
-    pub target: LaravelTarget,
+    /// `App\Jobs\X` (serialized command) or `App\Handlers\X@method` (plain JSON data); `None`
+    /// forwards the payload unchanged (a job read from another Laravel queue).
+    pub target: Option<LaravelTarget>,
     /// `maxTries` of the job.
     pub tries: Option<u32>,
     /// `timeout` in seconds.
@@ -310,10 +325,17 @@ impl fmt::Display for SinkSpecKind {
         match self {
             SinkSpecKind::Publish { channel, .. } => write!(f, "publish {}", channel.source()),
             SinkSpecKind::Stream { stream, .. } => write!(f, "stream {}", stream.source()),
-            SinkSpecKind::Queue { queue, laravel: None, .. } => write!(f, "queue {}", queue.source()),
-            SinkSpecKind::Queue { queue, laravel: Some(l), .. } => match &l.target {
-                LaravelTarget::Command { class, .. } => write!(f, "laravel queue {} ({class})", queue.source()),
-                LaravelTarget::Handler { handler } => write!(f, "laravel queue {} ({handler})", queue.source()),
+            SinkSpecKind::Queue {
+                queue, laravel: None, ..
+            } => write!(f, "queue {}", queue.source()),
+            SinkSpecKind::Queue {
+                queue,
+                laravel: Some(l),
+                ..
+            } => match &l.target {
+                Some(LaravelTarget::Command { class, .. }) => write!(f, "laravel queue {} ({class})", queue.source()),
+                Some(LaravelTarget::Handler { handler }) => write!(f, "laravel queue {} ({handler})", queue.source()),
+                None => write!(f, "laravel queue {} (jobs forwarded unchanged)", queue.source()),
             },
         }
     }

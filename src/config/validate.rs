@@ -70,7 +70,10 @@ impl Ctx<'_> {
         match humantime::parse_duration(v.trim()) {
             Ok(d) => Some(d),
             Err(e) => {
-                self.err(s.referenced, format!("{what} `{v}` is not a duration ({e}); write e.g. `200ms`, `5s` or `1m`"));
+                self.err(
+                    s.referenced,
+                    format!("{what} `{v}` is not a duration ({e}); write e.g. `200ms`, `5s` or `1m`"),
+                );
                 None
             }
         }
@@ -115,7 +118,10 @@ pub(super) fn validate(raw: RawFile, env: &dyn Fn(&str) -> Option<String>) -> Re
         match listen.parse::<SocketAddr>() {
             Ok(listen) => Some(HttpSpec { listen }),
             Err(_) => {
-                cx.err(h.value.listen.referenced, format!("`{listen}` is not an address; write e.g. `127.0.0.1:9464`"));
+                cx.err(
+                    h.value.listen.referenced,
+                    format!("`{listen}` is not an address; write e.g. `127.0.0.1:9464`"),
+                );
                 None
             }
         }
@@ -277,7 +283,10 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
     let (kind, key) = match kinds.as_slice() {
         [one] => *one,
         [] => {
-            cx.err(at, "source has no kind; write one of `channel: NAME`, `pattern: GLOB`, `stream: KEY` or `queue: LIST`");
+            cx.err(
+                at,
+                "source has no kind; write one of `channel: NAME`, `pattern: GLOB`, `stream: KEY` or `queue: LIST`",
+            );
             return None;
         }
         [(a, _), (b, second), ..] => {
@@ -324,7 +333,10 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
             "drop_newest" => Some(Overflow::DropNewest),
             "block" => Some(Overflow::Block),
             other => {
-                cx.err(o.referenced, format!("unknown overflow policy `{other}`; write `drop_oldest`, `drop_newest` or `block`"));
+                cx.err(
+                    o.referenced,
+                    format!("unknown overflow policy `{other}`; write `drop_oldest`, `drop_newest` or `block`"),
+                );
                 None
             }
         },
@@ -359,15 +371,17 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
             };
             let start = match &s.start {
                 None => Some(StreamStart::Newest),
-                Some(st) => match st.value.as_str() {
-                    "newest" | "$" => Some(StreamStart::Newest),
-                    "oldest" | "0" => Some(StreamStart::Oldest),
-                    id if is_stream_id(id) => Some(StreamStart::Id(id.to_string())),
-                    other => {
-                        cx.err(st.referenced, format!("`start: {other}` is not `newest`, `oldest` or an entry id such as `1700000000000-0`"));
-                        None
+                Some(st) => {
+                    match st.value.as_str() {
+                        "newest" | "$" => Some(StreamStart::Newest),
+                        "oldest" | "0" => Some(StreamStart::Oldest),
+                        id if is_stream_id(id) => Some(StreamStart::Id(id.to_string())),
+                        other => {
+                            cx.err(st.referenced, format!("`start: {other}` is not `newest`, `oldest` or an entry id such as `1700000000000-0`"));
+                            None
+                        }
                     }
-                },
+                }
             };
             let group = match &s.group {
                 Some(g) => Some(Some(cx.name(g, "`group`")?)),
@@ -394,7 +408,10 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
                     "raw" => Some(QueueFormat::Raw),
                     "laravel" => Some(QueueFormat::Laravel),
                     other => {
-                        cx.err(f.referenced, format!("unknown queue format `{other}`; write `raw` or `laravel`"));
+                        cx.err(
+                            f.referenced,
+                            format!("unknown queue format `{other}`; write `raw` or `laravel`"),
+                        );
                         None
                     }
                 },
@@ -417,7 +434,9 @@ fn is_stream_id(id: &str) -> bool {
     let mut parts = id.splitn(2, '-');
     let ms = parts.next().unwrap_or("");
     let seq = parts.next();
-    !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()) && seq.is_none_or(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+    !ms.is_empty()
+        && ms.bytes().all(|b| b.is_ascii_digit())
+        && seq.is_none_or(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn sink_spec(
@@ -435,7 +454,10 @@ fn sink_spec(
     let (kind, key) = match kinds.as_slice() {
         [one] => *one,
         [] => {
-            cx.err(at, "sink has no kind; write one of `stream: KEY`, `publish: CHANNEL` or `queue: LIST`");
+            cx.err(
+                at,
+                "sink has no kind; write one of `stream: KEY`, `publish: CHANNEL` or `queue: LIST`",
+            );
             return None;
         }
         [(a, _), (b, second), ..] => {
@@ -455,12 +477,23 @@ fn sink_spec(
     }
     if kind != "queue" {
         cx.only_for(&s.laravel, "laravel", "queue sinks");
+        cx.only_for(&s.format, "format", "queue sinks");
     }
     let connection = connection(cx, &s.connection, conns);
     let target = cx.template(key, &format!("sink `{kind}`"));
     let body = match &s.body {
         Some(b) => Some(Some(cx.template(b, "`body`")?)),
         None => Some(None),
+    };
+    let filter = match &s.filter {
+        None => Some(None),
+        Some(f) => match Filter::compile(&f.value) {
+            Ok(filter) => Some(Some(filter)),
+            Err(e) => {
+                cx.err(f.referenced, e);
+                None
+            }
+        },
     };
     let default_policy = ErrorPolicy::default();
     let on_error = error_policy(cx, s.on_error.as_ref(), rule_policy.unwrap_or(&default_policy));
@@ -473,7 +506,10 @@ fn sink_spec(
             let fields = match &s.fields {
                 None => Some(None),
                 Some(f) if f.value.is_empty() => {
-                    cx.err(f.referenced, "`fields` is empty; remove it to write the payload's own keys");
+                    cx.err(
+                        f.referenced,
+                        "`fields` is empty; remove it to write the payload's own keys",
+                    );
                     None
                 }
                 Some(f) => {
@@ -487,7 +523,10 @@ fn sink_spec(
             };
             let maxlen = match &s.maxlen {
                 Some(m) if m.value == 0 => {
-                    cx.err(m.referenced, "`maxlen: 0` would empty the stream; remove it or give a length");
+                    cx.err(
+                        m.referenced,
+                        "`maxlen: 0` would empty the stream; remove it or give a length",
+                    );
                     None
                 }
                 other => Some(other.as_ref().map(|m| m.value)),
@@ -499,20 +538,54 @@ fn sink_spec(
             }
         }
         _ => {
-            let laravel = match &s.laravel {
-                Some(l) => Some(Some(laravel_spec(cx, l)?)),
-                None => Some(None),
+            let laravel_format = match &s.format {
+                None => Some(s.laravel.is_some()),
+                Some(f) => match f.value.as_str() {
+                    "raw" if s.laravel.is_some() => {
+                        cx.err(f.referenced, "`format: raw` contradicts `laravel:`; remove `format`");
+                        None
+                    }
+                    "raw" => Some(false),
+                    "laravel" => Some(true),
+                    other => {
+                        cx.err(
+                            f.referenced,
+                            format!("unknown queue format `{other}`; write `raw` or `laravel`"),
+                        );
+                        None
+                    }
+                },
+            };
+            if laravel_format == Some(true)
+                && let Some(b) = &s.body
+            {
+                cx.err(
+                    b.referenced,
+                    "a Laravel queue sink writes jobs, not a `body`; remove `body`",
+                );
+            }
+            let laravel = match (&s.laravel, laravel_format?) {
+                (Some(l), _) => Some(laravel_spec(cx, l)?),
+                (None, true) => Some(LaravelSinkSpec {
+                    target: None,
+                    tries: None,
+                    timeout: None,
+                    backoff: None,
+                    delay: None,
+                }),
+                (None, false) => None,
             };
             SinkSpecKind::Queue {
                 queue: target?,
                 body: body?,
-                laravel: laravel?,
+                laravel,
             }
         }
     };
     Some(SinkSpec {
         connection: connection?,
         kind,
+        filter: filter?,
         on_error: on_error?,
     })
 }
@@ -527,8 +600,15 @@ fn laravel_spec(cx: &mut Ctx<'_>, l: &Spanned<RawLaravelSink>) -> Option<Laravel
                 return None;
             }
             let property = match &v.property {
-                Some(p) => cx.name(p, "`property`")?,
-                None => "data".to_string(),
+                Some(p) => {
+                    let name = cx.name(p, "`property`")?;
+                    if let Err(e) = crate::laravel::validate_property_name(&name) {
+                        cx.err(p.referenced, e);
+                        return None;
+                    }
+                    name
+                }
+                None => crate::laravel::DEFAULT_PROPERTY.to_string(),
             };
             LaravelTarget::Command { class, property }
         }
@@ -538,7 +618,11 @@ fn laravel_spec(cx: &mut Ctx<'_>, l: &Spanned<RawLaravelSink>) -> Option<Laravel
                 cx.err(handler.referenced, e);
                 return None;
             }
-            cx.only_for(&v.property, "property", "`job:` (a handler gets the data as its argument)");
+            cx.only_for(
+                &v.property,
+                "property",
+                "`job:` (a handler gets the data as its argument)",
+            );
             LaravelTarget::Handler { handler: handler_text }
         }
         (Some(_), Some(h)) => {
@@ -546,7 +630,10 @@ fn laravel_spec(cx: &mut Ctx<'_>, l: &Spanned<RawLaravelSink>) -> Option<Laravel
             return None;
         }
         (None, None) => {
-            cx.err(l.referenced, "`laravel:` needs `job: 'App\\Jobs\\YourJob'` or `handler: 'App\\Handlers\\X@handle'`");
+            cx.err(
+                l.referenced,
+                "`laravel:` needs `job: 'App\\Jobs\\YourJob'` or `handler: 'App\\Handlers\\X@handle'`; to forward jobs read from another Laravel queue unchanged, write `format: laravel` instead",
+            );
             return None;
         }
     };
@@ -574,7 +661,10 @@ fn laravel_spec(cx: &mut Ctx<'_>, l: &Spanned<RawLaravelSink>) -> Option<Laravel
             match steps {
                 Some(steps) => Some(Some(steps.join(","))),
                 None => {
-                    cx.err(b.referenced, format!("`backoff: {text}` is not a list of delays; write e.g. `10s,30s` or `10,30` (seconds)"));
+                    cx.err(
+                        b.referenced,
+                        format!("`backoff: {text}` is not a list of delays; write e.g. `10s,30s` or `10,30` (seconds)"),
+                    );
                     None
                 }
             }
@@ -582,7 +672,7 @@ fn laravel_spec(cx: &mut Ctx<'_>, l: &Spanned<RawLaravelSink>) -> Option<Laravel
         None => Some(None),
     };
     Some(LaravelSinkSpec {
-        target,
+        target: Some(target),
         tries: v.tries.as_ref().map(|t| t.value),
         timeout: timeout?,
         backoff: backoff?,
@@ -599,7 +689,10 @@ fn error_policy(cx: &mut Ctx<'_>, raw: Option<&Spanned<RawOnError>>, inherited: 
     if let Some(retry) = &raw.value.retry {
         if let Some(a) = &retry.value.attempts {
             if a.value == 0 {
-                cx.err(a.referenced, "`attempts` counts the first try too, so it must be at least 1");
+                cx.err(
+                    a.referenced,
+                    "`attempts` counts the first try too, so it must be at least 1",
+                );
                 ok = false;
             }
             policy.attempts = a.value;

@@ -60,7 +60,11 @@ impl DeadLetters {
         for l in letters {
             let m = l.message;
             let raw = m.raw();
-            let payload = if raw.len() > MAX_DEAD_PAYLOAD { &raw[..MAX_DEAD_PAYLOAD] } else { raw };
+            let payload = if raw.len() > MAX_DEAD_PAYLOAD {
+                &raw[..MAX_DEAD_PAYLOAD]
+            } else {
+                raw
+            };
             let cmd = pipe
                 .cmd("XADD")
                 .arg(redis_conn::prefixed(&self.connection, l.stream))

@@ -54,7 +54,9 @@ mod tests {
     const BASE: &str = "connections:\n  default: { url: 'redis://h:1' }\n  other: { url: 'redis://h:2' }\nrules:\n";
 
     fn rule(name: &str, channel: &str, conn: &str) -> String {
-        format!("  - name: {name}\n    source: {{ channel: {channel}, connection: {conn} }}\n    sinks: [ {{ stream: out }} ]\n")
+        format!(
+            "  - name: {name}\n    source: {{ channel: {channel}, connection: {conn} }}\n    sinks: [ {{ stream: out }} ]\n"
+        )
     }
 
     #[test]
@@ -63,17 +65,34 @@ mod tests {
             (
                 format!("{BASE}{}{}", rule("a", "x", "default"), rule("b", "y", "default")),
                 format!("{BASE}{}{}", rule("a", "x", "default"), rule("c", "z", "default")),
-                RuleSetDiff { added: vec!["c".into()], removed: vec!["b".into()], changed: vec![], unchanged: vec!["a".into()] },
+                RuleSetDiff {
+                    added: vec!["c".into()],
+                    removed: vec!["b".into()],
+                    changed: vec![],
+                    unchanged: vec!["a".into()],
+                },
             ),
             (
                 format!("{BASE}{}", rule("a", "x", "default")),
                 format!("{BASE}{}", rule("a", "x2", "default")),
-                RuleSetDiff { changed: vec!["a".into()], ..Default::default() },
+                RuleSetDiff {
+                    changed: vec!["a".into()],
+                    ..Default::default()
+                },
             ),
             (
                 format!("{BASE}{}{}", rule("a", "x", "default"), rule("b", "x", "other")),
-                format!("{}{}{}", BASE.replace("redis://h:2", "redis://h:3"), rule("a", "x", "default"), rule("b", "x", "other")),
-                RuleSetDiff { changed: vec!["b".into()], unchanged: vec!["a".into()], ..Default::default() },
+                format!(
+                    "{}{}{}",
+                    BASE.replace("redis://h:2", "redis://h:3"),
+                    rule("a", "x", "default"),
+                    rule("b", "x", "other")
+                ),
+                RuleSetDiff {
+                    changed: vec!["b".into()],
+                    unchanged: vec!["a".into()],
+                    ..Default::default()
+                },
             ),
         ];
         for (old, new, want) in cases {

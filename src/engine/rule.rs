@@ -112,7 +112,10 @@ pub async fn run_rule(spec: Arc<RuleSpec>, token: CancellationToken, stats: Arc<
         };
         sinks.push(sink);
     }
-    let Some(dead) = until_ok(&token, "dead-letter stream", || DeadLetters::open(spec.source.connection.clone())).await
+    let Some(dead) = until_ok(&token, "dead-letter stream", || {
+        DeadLetters::open(spec.source.connection.clone())
+    })
+    .await
     else {
         source.close().await;
         return RuleExit::Cancelled;
@@ -162,7 +165,10 @@ pub async fn run_rule(spec: Arc<RuleSpec>, token: CancellationToken, stats: Arc<
             debug!(count = left.len(), "Delivering buffered messages before stopping.");
             // A fresh token: the rule's own is cancelled, and the drain is bounded by time instead.
             rule_loop.token = CancellationToken::new();
-            if tokio::time::timeout(DRAIN_TIMEOUT, rule_loop.process(&mut source, left)).await.is_err() {
+            if tokio::time::timeout(DRAIN_TIMEOUT, rule_loop.process(&mut source, left))
+                .await
+                .is_err()
+            {
                 warn!("Buffered Pub/Sub messages could not be delivered before stopping; dropped.");
             }
         }
@@ -231,30 +237,57 @@ impl RuleLoop {
             passing.iter().map(|&i| &batch[i]).collect()
         };
         let mut failed_any = vec![false; outgoing.len()];
+        let mut taken = vec![false; outgoing.len()];
         if !outgoing.is_empty() {
+            // Which messages each sink takes: all of them, or those passing its own filter.
+            let mut per_sink: Vec<Vec<usize>> = Vec::with_capacity(self.sinks.len());
+            for (s, spec) in self.spec.sinks.iter().enumerate() {
+                let mut takes = Vec::with_capacity(outgoing.len());
+                for (j, msg) in outgoing.iter().enumerate() {
+                    match spec.filter.as_ref().map(|f| f.matches(msg)) {
+                        None | Some(Ok(true)) => takes.push(j),
+                        Some(Ok(false)) => {}
+                        Some(Err(e)) => {
+                            failed_any[j] = true;
+                            dead.push((passing[j], format!("sink filter: {e}"), Some(s), 0));
+                        }
+                    }
+                }
+                for &j in &takes {
+                    taken[j] = true;
+                }
+                per_sink.push(takes);
+            }
             let stats = &self.stats;
             let token = &self.token;
-            let outgoing_ref = &outgoing;
+            let subsets: Vec<Vec<&Message>> = per_sink
+                .iter()
+                .map(|takes| takes.iter().map(|&j| outgoing[j]).collect())
+                .collect();
             let outcomes = join_all(
                 self.sinks
                     .iter_mut()
                     .zip(&self.spec.sinks)
-                    .map(|(sink, spec)| deliver(sink, &spec.on_error, outgoing_ref, token, stats)),
+                    .zip(&subsets)
+                    .map(|((sink, spec), subset)| deliver(sink, &spec.on_error, subset, token, stats)),
             )
             .await;
-            for (sink_idx, outcome) in outcomes.into_iter().enumerate() {
+            for (s, outcome) in outcomes.into_iter().enumerate() {
                 match outcome {
                     SinkOutcome::Cancelled => return false,
                     SinkOutcome::Done(failures) => {
-                        for (j, err, attempts) in failures {
+                        for (local, err, attempts) in failures {
+                            let j = per_sink[s][local];
                             failed_any[j] = true;
-                            dead.push((passing[j], err.to_string(), Some(sink_idx), attempts));
+                            dead.push((passing[j], err.to_string(), Some(s), attempts));
                         }
                     }
                 }
             }
         }
-        let delivered = failed_any.iter().filter(|f| !**f).count();
+        let delivered = (0..outgoing.len()).filter(|&j| taken[j] && !failed_any[j]).count();
+        let untaken = (0..outgoing.len()).filter(|&j| !taken[j] && !failed_any[j]).count();
+        RuleStats::add(&self.stats.filtered_out, untaken as u64);
         // Dead letters must be written before the batch is acknowledged: nothing leaves the
         // source without a trace.
         if !dead.is_empty() {
@@ -302,6 +335,9 @@ async fn deliver(
     token: &CancellationToken,
     stats: &RuleStats,
 ) -> SinkOutcome {
+    if batch.is_empty() {
+        return SinkOutcome::Done(Vec::new());
+    }
     let mut todo: Vec<usize> = (0..batch.len()).collect();
     let mut failed: Vec<(usize, SinkError, u32)> = Vec::new();
     let mut attempt = 1;

@@ -67,7 +67,11 @@ impl Supervisor {
         for r in &stopping {
             r.token.cancel();
         }
-        join_named(stopping.into_iter().zip(names).map(|(r, n)| (n, r.handle)).collect(), self.drain_timeout).await;
+        join_named(
+            stopping.into_iter().zip(names).map(|(r, n)| (n, r.handle)).collect(),
+            self.drain_timeout,
+        )
+        .await;
         for rule in &set.rules {
             if d.added.contains(&rule.name) || d.changed.contains(&rule.name) {
                 self.spawn(rule.clone());
@@ -91,7 +95,11 @@ impl Supervisor {
     pub async fn shutdown(mut self) -> Vec<String> {
         self.root.cancel();
         let running = std::mem::take(&mut self.running);
-        join_named(running.into_iter().map(|(n, r)| (n, r.handle)).collect(), self.drain_timeout).await
+        join_named(
+            running.into_iter().map(|(n, r)| (n, r.handle)).collect(),
+            self.drain_timeout,
+        )
+        .await
     }
 }
 

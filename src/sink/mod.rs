@@ -116,8 +116,12 @@ fn render(spec: &SinkSpec, msg: &Message) -> Result<Cmd, EvalError> {
     let prefix = &spec.connection;
     match &spec.kind {
         SinkSpecKind::Publish { channel, body } => publish::render(prefix, channel, body.as_ref(), msg),
-        SinkSpecKind::Stream { stream, maxlen, fields } => stream::render(prefix, stream, *maxlen, fields.as_deref(), msg),
-        SinkSpecKind::Queue { queue, body, laravel } => queue::render(prefix, queue, body.as_ref(), laravel.as_ref(), msg),
+        SinkSpecKind::Stream { stream, maxlen, fields } => {
+            stream::render(prefix, stream, *maxlen, fields.as_deref(), msg)
+        }
+        SinkSpecKind::Queue { queue, body, laravel } => {
+            queue::render(prefix, queue, body.as_ref(), laravel.as_ref(), msg)
+        }
     }
 }
 
@@ -189,7 +193,10 @@ impl RedisSink {
 /// redis::RedisError is not Clone; keep the kind and text for each message it failed.
 fn clone_error(e: &redis::RedisError) -> redis::RedisError {
     if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal() {
-        redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e.to_string()))
+        redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            e.to_string(),
+        ))
     } else {
         redis::RedisError::from((redis::ErrorKind::Client, "pipeline failed", e.to_string()))
     }

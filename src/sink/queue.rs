@@ -36,7 +36,11 @@ pub(super) fn render(
         };
         return Ok(cmd);
     };
-    let payload = job_payload(spec, &name, msg.json()?);
+    let payload = match &spec.target {
+        Some(target) => job_payload(target, spec, &name, msg.json()?),
+        // Forwarded: the same bytes, so the job keeps its uuid and attempts.
+        None => msg.raw().to_vec(),
+    };
     let key = redis_conn::prefixed(conn, &format!("queues:{name}"));
     let mut cmd;
     match spec.delay {
@@ -51,14 +55,18 @@ pub(super) fn render(
         }
         None => {
             cmd = redis::cmd("EVAL");
-            cmd.arg(LARAVEL_PUSH).arg(2).arg(&key).arg(format!("{key}:notify")).arg(payload);
+            cmd.arg(LARAVEL_PUSH)
+                .arg(2)
+                .arg(&key)
+                .arg(format!("{key}:notify"))
+                .arg(payload);
         }
     }
     Ok(cmd)
 }
 
 /// A fresh job (new uuid and id) carrying `data`.
-fn job_payload(spec: &LaravelSinkSpec, queue: &str, data: &serde_json::Value) -> Vec<u8> {
+fn job_payload(target: &laravel::JobTarget, spec: &LaravelSinkSpec, queue: &str, data: &serde_json::Value) -> Vec<u8> {
     let opts = laravel::JobOptions {
         tries: spec.tries,
         timeout: spec.timeout,
@@ -67,5 +75,5 @@ fn job_payload(spec: &LaravelSinkSpec, queue: &str, data: &serde_json::Value) ->
         queue: queue.to_string(),
     };
     let (uuid, id) = laravel::new_job_ids();
-    laravel::build_job(&spec.target, &opts, data, &uuid, &id)
+    laravel::build_job(target, &opts, data, &uuid, &id)
 }

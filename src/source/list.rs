@@ -139,7 +139,11 @@ impl ListSource {
             // More may be waiting: take them in one round trip instead of one each.
             let mut pipe = redis::pipe();
             for _ in 1..BATCH {
-                pipe.cmd("LMOVE").arg(&self.key).arg(&self.processing).arg("LEFT").arg("RIGHT");
+                pipe.cmd("LMOVE")
+                    .arg(&self.key)
+                    .arg(&self.processing)
+                    .arg("LEFT")
+                    .arg("RIGHT");
             }
             let more: Vec<Value> = pipe.query_async(&mut self.conn).await.map_err(self.err("LMOVE"))?;
             elements.extend(more.into_iter().filter_map(bulk));
@@ -187,6 +191,33 @@ impl ListSource {
 
 /// A Laravel job as a message: the payload bytes unchanged (a routed job is pushed as it came),
 /// and a JSON view of the job for filters and templates.
-fn laravel_message(element: Vec<u8>, meta: Meta) -> Message {
-    Message::new(Body::Bytes(element), meta)
+///
+/// The view: `uuid`, `displayName`, `job`, `commandName`, `data` (the job's data when the
+/// command holds only arrays and scalars, else null) and `shortName` (the class without its
+/// namespace, so a filter can say `@.shortName == 'SendInvoice'` without escaping backslashes).
+/// A payload that is not a Laravel job is dead-lettered with the reason.
+fn laravel_message(element: Vec<u8>, mut meta: Meta) -> Message {
+    match crate::laravel::parse_job(&element) {
+        Ok(job) => {
+            let class = job
+                .display_name
+                .clone()
+                .or_else(|| job.command_name.clone())
+                .unwrap_or_else(|| job.job.split('@').next().unwrap_or_default().to_string());
+            let short = class.rsplit('\\').next().unwrap_or_default().to_string();
+            let view = serde_json::json!({
+                "uuid": job.uuid,
+                "displayName": job.display_name,
+                "job": job.job,
+                "commandName": job.command_name,
+                "shortName": short,
+                "data": job.data,
+            });
+            Message::with_json_view(Body::Bytes(element), meta, view)
+        }
+        Err(e) => {
+            meta.problem = Some(format!("not a Laravel job: {e}"));
+            Message::new(Body::Bytes(element), meta)
+        }
+    }
 }

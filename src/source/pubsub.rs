@@ -148,8 +148,16 @@ impl PubSubSource {
     /// When the first connection or subscription fails.
     pub async fn open(spec: &SourceSpec, rule: Arc<str>, stats: Arc<RuleStats>) -> Result<PubSubSource, SourceError> {
         let (name, pattern, buffer, overflow) = match &spec.kind {
-            SourceSpecKind::Channel { channel, buffer, overflow } => (channel.clone(), false, *buffer, *overflow),
-            SourceSpecKind::Pattern { pattern, buffer, overflow } => (pattern.clone(), true, *buffer, *overflow),
+            SourceSpecKind::Channel {
+                channel,
+                buffer,
+                overflow,
+            } => (channel.clone(), false, *buffer, *overflow),
+            SourceSpecKind::Pattern {
+                pattern,
+                buffer,
+                overflow,
+            } => (pattern.clone(), true, *buffer, *overflow),
             _ => {
                 return Err(SourceError::Protocol {
                     op: "SUBSCRIBE",
@@ -242,7 +250,11 @@ async fn read_loop(mut pubsub: redis::aio::PubSub, sub: Subscription, shared: Ar
                 let pattern = if sub.pattern { Some(sub.name.clone()) } else { None };
                 let meta = Meta {
                     rule: shared.rule.clone(),
-                    source: if sub.pattern { SourceKind::Pattern } else { SourceKind::Channel },
+                    source: if sub.pattern {
+                        SourceKind::Pattern
+                    } else {
+                        SourceKind::Channel
+                    },
                     key: channel,
                     pattern,
                     id: None,

@@ -31,8 +31,14 @@ enum Phase {
 }
 
 enum Mode {
-    Group { group: String, consumer: String, phase: Phase },
-    Tail { last_id: String },
+    Group {
+        group: String,
+        consumer: String,
+        phase: Phase,
+    },
+    Tail {
+        last_id: String,
+    },
 }
 
 /// A stream source.
@@ -170,7 +176,11 @@ impl StreamSource {
             .await
             .map_err(self.err("XREVRANGE"))?;
         let entries = parse_entries(reply).map_err(|detail| self.protocol("XREVRANGE", detail))?;
-        Ok(entries.into_iter().next().map(|(id, _)| id).unwrap_or_else(|| "0-0".into()))
+        Ok(entries
+            .into_iter()
+            .next()
+            .map(|(id, _)| id)
+            .unwrap_or_else(|| "0-0".into()))
     }
 
     fn protocol(&self, op: &'static str, detail: String) -> SourceError {
@@ -222,12 +232,14 @@ impl StreamSource {
         };
         let entries = match reply {
             Value::Nil => Vec::new(),
-            Value::Array(mut streams) | Value::Set(mut streams) if !streams.is_empty() => match streams.swap_remove(0) {
-                Value::Array(mut pair) if pair.len() == 2 => {
-                    parse_entries(pair.swap_remove(1)).map_err(|d| self.protocol("XREADGROUP", d))?
+            Value::Array(mut streams) | Value::Set(mut streams) if !streams.is_empty() => {
+                match streams.swap_remove(0) {
+                    Value::Array(mut pair) if pair.len() == 2 => {
+                        parse_entries(pair.swap_remove(1)).map_err(|d| self.protocol("XREADGROUP", d))?
+                    }
+                    other => return Err(self.protocol("XREADGROUP", format!("stream reply {other:?}"))),
                 }
-                other => return Err(self.protocol("XREADGROUP", format!("stream reply {other:?}"))),
-            },
+            }
             Value::Map(mut streams) if !streams.is_empty() => {
                 let (_, entries) = streams.swap_remove(0);
                 parse_entries(entries).map_err(|d| self.protocol("XREADGROUP", d))?

@@ -39,7 +39,11 @@ impl RedisServer {
     pub fn start() -> RedisServer {
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("tempdir");
-            let mut server = RedisServer { port: free_port(), child: None, dir };
+            let mut server = RedisServer {
+                port: free_port(),
+                child: None,
+                dir,
+            };
             if server.spawn() {
                 return server;
             }
@@ -63,7 +67,16 @@ impl RedisServer {
     /// Spawn on `self.port`; true once it answers PING.
     fn spawn(&mut self) -> bool {
         let child = Command::new(Self::binary())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
@@ -71,7 +84,12 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e} (install redis-server or set REDIS_SERVER_BIN)", Self::binary()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {}: {e} (install redis-server or set REDIS_SERVER_BIN)",
+                    Self::binary()
+                )
+            });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -89,7 +107,11 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("redis-server on port {} did not answer PING in 10 s; log:\n{}", self.port, self.log());
+        panic!(
+            "redis-server on port {} did not answer PING in 10 s; log:\n{}",
+            self.port,
+            self.log()
+        );
     }
 
     pub fn url(&self) -> String {
@@ -120,7 +142,12 @@ impl RedisServer {
         self.stop();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.spawn() {
-            assert!(Instant::now() < deadline, "redis-server did not restart on port {}; log:\n{}", self.port, self.log());
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not restart on port {}; log:\n{}",
+                self.port,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -151,7 +178,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -162,7 +192,12 @@ pub async fn wait_subscribers(conn: &mut MultiplexedConnection, channel: &str, n
         let mut conn = conn.clone();
         let channel = channel.to_string();
         async move {
-            let reply: Vec<redis::Value> = redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel).query_async(&mut conn).await.ok()?;
+            let reply: Vec<redis::Value> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query_async(&mut conn)
+                .await
+                .ok()?;
             let count = match reply.get(1) {
                 Some(redis::Value::Int(c)) => *c,
                 _ => 0,
@@ -191,12 +226,19 @@ pub async fn wait_group(conn: &mut MultiplexedConnection, stream: &str, group: &
         let mut conn = conn.clone();
         let (stream, group) = (stream.to_string(), group.to_string());
         async move {
-            let groups: Vec<redis::Value> = redis::cmd("XINFO").arg("GROUPS").arg(&stream).query_async(&mut conn).await.ok()?;
+            let groups: Vec<redis::Value> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&stream)
+                .query_async(&mut conn)
+                .await
+                .ok()?;
             let text = format!("{groups:?}");
-            text.contains(&format!("{:?}", group.as_bytes())).then_some(()).or_else(|| {
-                // RESP2 bulk strings print as byte arrays; also accept a plain match.
-                text.contains(&group).then_some(())
-            })
+            text.contains(&format!("{:?}", group.as_bytes()))
+                .then_some(())
+                .or_else(|| {
+                    // RESP2 bulk strings print as byte arrays; also accept a plain match.
+                    text.contains(&group).then_some(())
+                })
         }
     })
     .await
@@ -221,13 +263,21 @@ pub async fn xrange(conn: &mut MultiplexedConnection, stream: &str) -> Vec<(Stri
 }
 
 /// Wait until `stream` holds at least `n` entries; returns them.
-pub async fn wait_stream_len(conn: &MultiplexedConnection, stream: &str, n: usize) -> Vec<(String, Vec<(String, String)>)> {
+pub async fn wait_stream_len(
+    conn: &MultiplexedConnection,
+    stream: &str,
+    n: usize,
+) -> Vec<(String, Vec<(String, String)>)> {
     wait_for(&format!("{n} entries in {stream}"), TIMEOUT, || {
         let mut conn = conn.clone();
         let stream = stream.to_string();
         async move {
             let len: usize = conn.xlen(&stream).await.ok()?;
-            if len >= n { Some(xrange(&mut conn, &stream).await) } else { None }
+            if len >= n {
+                Some(xrange(&mut conn, &stream).await)
+            } else {
+                None
+            }
         }
     })
     .await
@@ -321,7 +371,11 @@ impl RouterProcess {
 
     /// Send a signal by name (`TERM`, `KILL`, `HUP`).
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().expect("kill");
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
         assert!(status.success(), "kill -{sig} failed");
     }
 
@@ -332,7 +386,11 @@ impl RouterProcess {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "router did not exit within {timeout:?}; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "router did not exit within {timeout:?}; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, on a fresh machine too: installs what the tests need when it is
+# missing (redis-server, and php-cli, php-redis, php-laravel-framework for the Laravel tests),
+# from Debian's packages. Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "Installing ${missing[*]} ..." >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if [ -x scripts/install-php.sh ]; then
+  scripts/install-php.sh
+fi
+
+cargo test "$@"
