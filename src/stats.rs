@@ -70,3 +70,94 @@ impl StatsRegistry {
         map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 }
+
+/// Where a running rule instance is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleState {
+    /// Connecting its source and sinks.
+    Starting,
+    /// Source open (subscribed, group ready): reading.
+    Running,
+    /// Its source lost Redis and is retrying.
+    Retrying,
+    /// Cancelled; finishing what it holds.
+    Draining,
+    /// Ended.
+    Stopped,
+}
+
+impl RuleState {
+    fn from_u8(v: u8) -> RuleState {
+        match v {
+            0 => RuleState::Starting,
+            1 => RuleState::Running,
+            2 => RuleState::Retrying,
+            3 => RuleState::Draining,
+            _ => RuleState::Stopped,
+        }
+    }
+
+    /// Lower-case name, for status output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleState::Starting => "starting",
+            RuleState::Running => "running",
+            RuleState::Retrying => "retrying",
+            RuleState::Draining => "draining",
+            RuleState::Stopped => "stopped",
+        }
+    }
+}
+
+/// The state of one running instance of a rule (a reload may briefly run two instances of the
+/// same rule, each with its own status, sharing the rule's counters).
+#[derive(Debug)]
+pub struct RuleStatus {
+    state: std::sync::atomic::AtomicU8,
+    last_error: Mutex<Option<String>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Default for RuleStatus {
+    fn default() -> Self {
+        RuleStatus {
+            state: std::sync::atomic::AtomicU8::new(RuleState::Starting as u8),
+            last_error: Mutex::new(None),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+impl RuleStatus {
+    /// Move to `state`.
+    pub fn set(&self, state: RuleState) {
+        self.state.store(state as u8, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// The current state.
+    pub fn get(&self) -> RuleState {
+        RuleState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Remember the latest error, for status output.
+    pub fn set_error(&self, error: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+    }
+
+    /// The latest error, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Wait until the rule has left `Starting` (it runs, or it ended).
+    pub async fn started(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if self.get() != RuleState::Starting {
+                return;
+            }
+            changed.await;
+        }
+    }
+}

@@ -17,7 +17,7 @@ use crate::config::{ErrorPolicy, RuleSpec};
 use crate::message::Message;
 use crate::sink::{Sink, SinkError};
 use crate::source::Source;
-use crate::stats::RuleStats;
+use crate::stats::{RuleState, RuleStats, RuleStatus};
 
 /// How a rule task ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +99,26 @@ impl Retry {
 }
 
 /// Run one rule until its token is cancelled.
-pub async fn run_rule(spec: Arc<RuleSpec>, token: CancellationToken, stats: Arc<RuleStats>) -> RuleExit {
+///
+/// `status` follows the instance: `Running` once its source is open (a Pub/Sub source is then
+/// subscribed), `Retrying` while reads fail, `Draining` once cancelled, `Stopped` at the end.
+pub async fn run_rule(
+    spec: Arc<RuleSpec>,
+    token: CancellationToken,
+    stats: Arc<RuleStats>,
+    status: Arc<RuleStatus>,
+) -> RuleExit {
+    let exit = run_rule_inner(spec, token, stats, &status).await;
+    status.set(RuleState::Stopped);
+    exit
+}
+
+async fn run_rule_inner(
+    spec: Arc<RuleSpec>,
+    token: CancellationToken,
+    stats: Arc<RuleStats>,
+    status: &RuleStatus,
+) -> RuleExit {
     let rule: Arc<str> = Arc::from(spec.name.as_str());
     let Some(mut source) = until_ok(&token, "source", || Source::open(&spec.source, &rule, stats.clone())).await else {
         return RuleExit::Cancelled;
@@ -127,6 +146,7 @@ pub async fn run_rule(spec: Arc<RuleSpec>, token: CancellationToken, stats: Arc<
         stats,
         token: token.clone(),
     };
+    status.set(RuleState::Running);
     info!(summary = %spec.summary(), "Rule started.");
     let mut read_failures = 0u32;
     let exit = loop {
@@ -138,6 +158,9 @@ pub async fn run_rule(spec: Arc<RuleSpec>, token: CancellationToken, stats: Arc<
         match batch {
             Ok(None) => break RuleExit::SourceClosed,
             Ok(Some(batch)) => {
+                if read_failures > 0 {
+                    status.set(RuleState::Running);
+                }
                 read_failures = 0;
                 if batch.is_empty() {
                     continue;
@@ -148,6 +171,8 @@ pub async fn run_rule(spec: Arc<RuleSpec>, token: CancellationToken, stats: Arc<
             }
             Err(e) => {
                 RuleStats::add(&rule_loop.stats.source_errors, 1);
+                status.set(RuleState::Retrying);
+                status.set_error(e.to_string());
                 read_failures += 1;
                 let delay = backoff_delay(FIRST_RECONNECT_DELAY, MAX_RECONNECT_DELAY, read_failures);
                 warn!(error = %e, attempt = read_failures, delay_ms = delay.as_millis() as u64, "Source read failed; retrying.");
@@ -157,6 +182,7 @@ pub async fn run_rule(spec: Arc<RuleSpec>, token: CancellationToken, stats: Arc<
             }
         }
     };
+    status.set(RuleState::Draining);
     // Pub/Sub messages already buffered were received; deliver them before stopping. Stream
     // and list sources have nothing buffered in memory.
     if let Source::PubSub(pubsub) = &mut source {

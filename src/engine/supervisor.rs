@@ -12,13 +12,14 @@ use tracing::{Instrument, error, error_span, info, warn};
 use super::diff::{RuleSetDiff, diff};
 use super::rule::{RuleExit, run_rule};
 use crate::config::{RuleSet, RuleSpec};
-use crate::stats::StatsRegistry;
+use crate::stats::{RuleStatus, StatsRegistry};
 
 /// How often shutdown names the rules that are still draining.
 const STRAGGLER_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 struct Running {
     spec: Arc<RuleSpec>,
+    status: Arc<RuleStatus>,
     token: CancellationToken,
     handle: JoinHandle<RuleExit>,
 }
@@ -46,6 +47,14 @@ impl Supervisor {
     /// The counters of every rule.
     pub fn stats(&self) -> &StatsRegistry {
         &self.stats
+    }
+
+    /// Each running rule's spec and status.
+    pub fn statuses(&self) -> Vec<(Arc<RuleSpec>, Arc<RuleStatus>)> {
+        self.running
+            .values()
+            .map(|r| (r.spec.clone(), r.status.clone()))
+            .collect()
     }
 
     /// Names of the running rules.
@@ -86,8 +95,17 @@ impl Supervisor {
         let stats = self.stats.rule(&spec.name);
         let sinks: Vec<&str> = spec.sinks.iter().map(|s| s.kind.kind_name()).collect();
         let span = error_span!("rule", rule = %spec.name, source = spec.source.kind_name(), sinks = %sinks.join(","));
-        let handle = tokio::spawn(run_rule(spec.clone(), token.clone(), stats).instrument(span));
-        self.running.insert(spec.name.clone(), Running { spec, token, handle });
+        let status = Arc::new(RuleStatus::default());
+        let handle = tokio::spawn(run_rule(spec.clone(), token.clone(), stats, status.clone()).instrument(span));
+        self.running.insert(
+            spec.name.clone(),
+            Running {
+                spec,
+                status,
+                token,
+                handle,
+            },
+        );
     }
 
     /// Stop every rule: cancel the root, wait up to the drain timeout, naming stragglers
