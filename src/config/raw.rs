@@ -83,6 +83,8 @@ pub(crate) struct RawSource {
     pub batch: Option<Spanned<usize>>,
     pub block: Option<SpStr>,
     pub body_field: Option<SpStr>,
+    pub claim_idle: Option<SpStr>,
+    pub max_deliveries: Option<Spanned<u64>>,
     // Queue options.
     pub format: Option<SpStr>,
 }
@@ -94,6 +96,7 @@ pub(crate) struct RawSink {
     pub publish: Option<SpStr>,
     pub stream: Option<SpStr>,
     pub queue: Option<SpStr>,
+    pub webhook: Option<SpStr>,
     pub connection: Option<SpStr>,
     // Stream options.
     pub maxlen: Option<Spanned<u64>>,
@@ -104,6 +107,12 @@ pub(crate) struct RawSink {
     pub format: Option<SpStr>,
     pub filter: Option<SpStr>,
     pub on_error: Option<Spanned<RawOnError>>,
+    // Webhook options.
+    pub method: Option<SpStr>,
+    pub headers: Option<Spanned<IndexMap<String, SpStr>>>,
+    pub timeout: Option<SpStr>,
+    pub max_in_flight: Option<Spanned<usize>>,
+    pub secret: Option<SpStr>,
 }
 
 /// Options that turn a `queue` sink into a Laravel job producer.

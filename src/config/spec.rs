@@ -206,6 +206,10 @@ pub enum SourceSpecKind {
         block: Duration,
         /// Field holding the payload; the others become metadata.
         body_field: Option<String>,
+        /// Entries other consumers left pending this long are claimed (XAUTOCLAIM).
+        claim_idle: Duration,
+        /// An entry delivered more often than this goes to the dead-letter stream.
+        max_deliveries: u64,
     },
     /// A list used as a job queue.
     Queue {
@@ -291,6 +295,8 @@ pub enum SinkSpecKind {
         /// Field templates; without them a JSON object becomes one field per key.
         fields: Option<Vec<(String, Template)>>,
     },
+    /// HTTP request per message.
+    Webhook(WebhookSpec),
     /// RPUSH onto a list, raw or as a Laravel job.
     Queue {
         /// List (or Laravel queue) name template.
@@ -300,6 +306,47 @@ pub enum SinkSpecKind {
         /// Laravel queue options; `None` for a raw list.
         laravel: Option<LaravelSinkSpec>,
     },
+}
+
+/// An HTTP endpoint that receives one request per message.
+#[derive(Clone, PartialEq)]
+pub struct WebhookSpec {
+    /// URL template (http or https).
+    pub url: Template,
+    /// HTTP method, POST by default.
+    pub method: String,
+    /// Extra headers, `${ENV}` already expanded.
+    pub headers: Vec<(String, String)>,
+    /// Whole-request timeout.
+    pub timeout: Duration,
+    /// Requests in flight at once for this sink.
+    pub max_in_flight: usize,
+    /// HMAC-SHA256 key for the signature headers.
+    pub secret: Option<String>,
+    /// Body template; the payload when absent.
+    pub body: Option<Template>,
+}
+
+impl fmt::Debug for WebhookSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let lower = k.to_ascii_lowercase();
+                let secret = lower == "authorization" || lower.contains("token") || lower.contains("key");
+                (k.as_str(), if secret { "***" } else { v.as_str() })
+            })
+            .collect();
+        f.debug_struct("WebhookSpec")
+            .field("url", &mask_url(self.url.source()))
+            .field("method", &self.method)
+            .field("headers", &headers)
+            .field("timeout", &self.timeout)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// How a `queue` sink writes to a Laravel queue.
@@ -328,6 +375,7 @@ impl fmt::Display for SinkSpecKind {
             SinkSpecKind::Queue {
                 queue, laravel: None, ..
             } => write!(f, "queue {}", queue.source()),
+            SinkSpecKind::Webhook(w) => write!(f, "webhook {}", mask_url(w.url.source())),
             SinkSpecKind::Queue {
                 queue,
                 laravel: Some(l),
@@ -348,6 +396,7 @@ impl SinkSpecKind {
             SinkSpecKind::Publish { .. } => "publish",
             SinkSpecKind::Stream { .. } => "stream",
             SinkSpecKind::Queue { .. } => "queue",
+            SinkSpecKind::Webhook(_) => "webhook",
         }
     }
 }

@@ -27,6 +27,14 @@ const MAX_BATCH: usize = 10_000;
 const DEFAULT_BUFFER: usize = 10_000;
 /// Server-side block of each read: also how long a cancelled rule may wait for its read.
 const DEFAULT_BLOCK: Duration = Duration::from_secs(1);
+/// Entries idle this long in another consumer's pending list are claimed.
+const DEFAULT_CLAIM_IDLE: Duration = Duration::from_secs(60);
+/// Deliveries after which a stream entry is dead-lettered instead of tried again.
+const DEFAULT_MAX_DELIVERIES: u64 = 10;
+/// Webhook requests in flight at once per sink.
+const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+/// Webhook request timeout.
+const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Ctx<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
@@ -310,6 +318,8 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
         cx.only_for(&s.start, "start", "stream sources");
         cx.only_for(&s.batch, "batch", "stream sources");
         cx.only_for(&s.body_field, "body_field", "stream sources");
+        cx.only_for(&s.claim_idle, "claim_idle", "stream sources");
+        cx.only_for(&s.max_deliveries, "max_deliveries", "stream sources");
     }
     if kind != "queue" {
         cx.only_for(&s.format, "format", "queue sources");
@@ -391,6 +401,22 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
                 Some(b) => Some(Some(cx.name(b, "`body_field`")?)),
                 None => Some(None),
             };
+            let claim_idle = match &s.claim_idle {
+                Some(c) => cx.duration(c, "`claim_idle`"),
+                None => Some(DEFAULT_CLAIM_IDLE),
+            };
+            let max_deliveries = match &s.max_deliveries {
+                Some(m) if m.value == 0 => {
+                    cx.err(m.referenced, "`max_deliveries` must be at least 1");
+                    None
+                }
+                Some(m) => Some(m.value),
+                None => Some(DEFAULT_MAX_DELIVERIES),
+            };
+            if s.group.is_none() {
+                cx.only_for(&s.claim_idle, "claim_idle", "stream sources with a `group`");
+                cx.only_for(&s.max_deliveries, "max_deliveries", "stream sources with a `group`");
+            }
             SourceSpecKind::Stream {
                 stream: name?,
                 group: group?,
@@ -399,6 +425,8 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
                 batch: batch?,
                 block: block?,
                 body_field: body_field?,
+                claim_idle: claim_idle?,
+                max_deliveries: max_deliveries?,
             }
         }
         _ => {
@@ -447,16 +475,21 @@ fn sink_spec(
 ) -> Option<SinkSpec> {
     let at = sink.referenced;
     let s = &sink.value;
-    let kinds: Vec<(&str, &SpStr)> = [("publish", &s.publish), ("stream", &s.stream), ("queue", &s.queue)]
-        .into_iter()
-        .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
-        .collect();
+    let kinds: Vec<(&str, &SpStr)> = [
+        ("publish", &s.publish),
+        ("stream", &s.stream),
+        ("queue", &s.queue),
+        ("webhook", &s.webhook),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+    .collect();
     let (kind, key) = match kinds.as_slice() {
         [one] => *one,
         [] => {
             cx.err(
                 at,
-                "sink has no kind; write one of `stream: KEY`, `publish: CHANNEL` or `queue: LIST`",
+                "sink has no kind; write one of `stream: KEY`, `publish: CHANNEL`, `queue: LIST` or `webhook: URL`",
             );
             return None;
         }
@@ -473,13 +506,27 @@ fn sink_spec(
         cx.only_for(&s.fields, "fields", "stream sinks");
     }
     if kind == "stream" {
-        cx.only_for(&s.body, "body", "publish and queue sinks");
+        cx.only_for(&s.body, "body", "publish, queue and webhook sinks");
+    }
+    if kind != "webhook" {
+        for (opt, key) in [(&s.method, "method"), (&s.timeout, "timeout"), (&s.secret, "secret")] {
+            cx.only_for(opt, key, "webhook sinks");
+        }
+        cx.only_for(&s.headers, "headers", "webhook sinks");
+        cx.only_for(&s.max_in_flight, "max_in_flight", "webhook sinks");
     }
     if kind != "queue" {
         cx.only_for(&s.laravel, "laravel", "queue sinks");
         cx.only_for(&s.format, "format", "queue sinks");
     }
-    let connection = connection(cx, &s.connection, conns);
+    if kind == "webhook" {
+        cx.only_for(&s.connection, "connection", "Redis sinks (a webhook has its URL)");
+    }
+    let connection = if kind == "webhook" {
+        conns.get("default").cloned()
+    } else {
+        connection(cx, &s.connection, conns)
+    };
     let target = cx.template(key, &format!("sink `{kind}`"));
     let body = match &s.body {
         Some(b) => Some(Some(cx.template(b, "`body`")?)),
@@ -502,6 +549,7 @@ fn sink_spec(
             channel: target?,
             body: body?,
         },
+        "webhook" => SinkSpecKind::Webhook(webhook_spec(cx, s, key, target?, body?)?),
         "stream" => {
             let fields = match &s.fields {
                 None => Some(None),
@@ -587,6 +635,101 @@ fn sink_spec(
         kind,
         filter: filter?,
         on_error: on_error?,
+    })
+}
+
+fn webhook_spec(
+    cx: &mut Ctx<'_>,
+    s: &RawSink,
+    key: &SpStr,
+    url: Template,
+    body: Option<Template>,
+) -> Option<WebhookSpec> {
+    if let Some(literal) = url.as_literal() {
+        match reqwest::Url::parse(literal) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            Ok(u) => {
+                cx.err(
+                    key.referenced,
+                    format!("webhook URL scheme `{}` is not http or https", u.scheme()),
+                );
+                return None;
+            }
+            Err(e) => {
+                cx.err(
+                    key.referenced,
+                    format!(
+                        "webhook URL `{}` does not parse ({e}); write e.g. `https://example.com/hook`",
+                        mask_url(literal)
+                    ),
+                );
+                return None;
+            }
+        }
+    }
+    let method = match &s.method {
+        None => "POST".to_string(),
+        Some(m) => {
+            let upper = m.value.to_ascii_uppercase();
+            if !matches!(upper.as_str(), "POST" | "PUT" | "PATCH" | "DELETE" | "GET") {
+                cx.err(
+                    m.referenced,
+                    format!("method `{}` is not one of POST, PUT, PATCH, DELETE, GET", m.value),
+                );
+                return None;
+            }
+            upper
+        }
+    };
+    let mut headers = Vec::new();
+    let mut ok = true;
+    if let Some(h) = &s.headers {
+        for (name, value) in &h.value {
+            let Some(v) = cx.text(value) else {
+                ok = false;
+                continue;
+            };
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                cx.err(value.referenced, format!("`{name}` is not a valid header name"));
+                ok = false;
+            } else if reqwest::header::HeaderValue::from_str(&v).is_err() {
+                cx.err(
+                    value.referenced,
+                    format!("the value of header `{name}` has characters a header cannot carry"),
+                );
+                ok = false;
+            } else {
+                headers.push((name.clone(), v));
+            }
+        }
+    }
+    let timeout = match &s.timeout {
+        Some(t) => cx.duration(t, "`timeout`"),
+        None => Some(DEFAULT_WEBHOOK_TIMEOUT),
+    };
+    let max_in_flight = match &s.max_in_flight {
+        Some(m) if m.value == 0 => {
+            cx.err(m.referenced, "`max_in_flight` must be at least 1");
+            None
+        }
+        Some(m) => Some(m.value),
+        None => Some(DEFAULT_MAX_IN_FLIGHT),
+    };
+    let secret = match &s.secret {
+        Some(sec) => Some(Some(cx.name(sec, "`secret`")?)),
+        None => Some(None),
+    };
+    if !ok {
+        return None;
+    }
+    Some(WebhookSpec {
+        url,
+        method,
+        headers,
+        timeout: timeout?,
+        max_in_flight: max_in_flight?,
+        secret: secret?,
+        body,
     })
 }
 

@@ -23,8 +23,10 @@ pub struct DeadLetter<'a> {
     pub message: &'a Message,
     /// Stream key (without prefix).
     pub stream: &'a str,
-    /// Why, in a few words (`payload is not JSON`, `sink failed`).
+    /// Why, in a few words (`payload is not JSON`, `sink failed 5 times`).
     pub reason: String,
+    /// The sink's last error (with the HTTP status and body snippet for webhooks).
+    pub error: Option<String>,
     /// The sink that failed, when one did.
     pub sink: Option<&'a str>,
     /// Attempts made on that sink.
@@ -89,6 +91,9 @@ impl DeadLetters {
             if let Some(sink) = l.sink {
                 cmd.arg("sink").arg(sink).arg("attempts").arg(l.attempts);
             }
+            if let Some(error) = &l.error {
+                cmd.arg("error").arg(error);
+            }
             cmd.ignore();
         }
         let _: () = pipe.query_async(&mut self.conn).await?;
@@ -99,6 +104,7 @@ impl DeadLetters {
                 id = l.message.meta.id.as_deref().unwrap_or(""),
                 sink = l.sink.unwrap_or(""),
                 reason = %l.reason,
+                error = l.error.as_deref().unwrap_or(""),
                 dead_letter = l.stream,
                 "Message dead-lettered."
             );

@@ -1,10 +1,15 @@
-//! The engine: rule tasks under a supervisor, the rule loop, dead letters and rule-set diffs.
+//! The engine: rule tasks under a supervisor, the rule loop, dead letters, rule-set diffs, and
+//! hot reload (the file watcher and the reload step).
 
 pub mod deadletter;
 pub mod diff;
+pub mod reload;
 pub mod rule;
 pub mod supervisor;
+pub mod watcher;
 
 pub use diff::{RuleSetDiff, diff};
+pub use reload::{ReloadOutcome, ReloadStats, Reloader};
 pub use rule::{RuleExit, run_rule};
-pub use supervisor::Supervisor;
+pub use supervisor::{Handover, Supervisor};
+pub use watcher::{ConfigWatcher, ReloadTrigger};

@@ -224,13 +224,14 @@ impl RuleLoop {
     /// Handle one batch; false when cancelled before the batch could be finished (it stays
     /// unacknowledged and the source delivers it again).
     async fn process(&mut self, source: &mut Source, batch: Vec<Message>) -> bool {
-        let mut dead: Vec<(usize, String, Option<usize>, u32)> = Vec::new();
+        // (message index, reason, error, sink index, attempts)
+        let mut dead: Vec<(usize, String, Option<String>, Option<usize>, u32)> = Vec::new();
         // Transformed copies live here; `outgoing` points into it or into `batch`.
         let mut transformed: Vec<(usize, Message)> = Vec::new();
         let mut passing: Vec<usize> = Vec::with_capacity(batch.len());
         for (i, msg) in batch.iter().enumerate() {
             if let Some(problem) = &msg.meta.problem {
-                dead.push((i, problem.clone(), None, 0));
+                dead.push((i, problem.clone(), None, None, 0));
                 continue;
             }
             if let Some(filter) = &self.spec.filter {
@@ -241,7 +242,7 @@ impl RuleLoop {
                         continue;
                     }
                     Err(e) => {
-                        dead.push((i, format!("filter: {e}"), None, 0));
+                        dead.push((i, format!("filter: {e}"), None, None, 0));
                         continue;
                     }
                 }
@@ -250,7 +251,7 @@ impl RuleLoop {
                 match transform.apply(msg) {
                     Ok(value) => transformed.push((i, Message::from_json(value, msg.meta.clone()))),
                     Err(e) => {
-                        dead.push((i, format!("transform: {e}"), None, 0));
+                        dead.push((i, format!("transform: {e}"), None, None, 0));
                         continue;
                     }
                 }
@@ -275,7 +276,7 @@ impl RuleLoop {
                         Some(Ok(false)) => {}
                         Some(Err(e)) => {
                             failed_any[j] = true;
-                            dead.push((passing[j], format!("sink filter: {e}"), Some(s), 0));
+                            dead.push((passing[j], format!("sink filter: {e}"), None, Some(s), 0));
                         }
                     }
                 }
@@ -305,7 +306,12 @@ impl RuleLoop {
                         for (local, err, attempts) in failures {
                             let j = per_sink[s][local];
                             failed_any[j] = true;
-                            dead.push((passing[j], err.to_string(), Some(s), attempts));
+                            let reason = if err.is_retryable() {
+                                format!("sink failed {attempts} times")
+                            } else {
+                                "sink refused the message (not retryable)".to_string()
+                            };
+                            dead.push((passing[j], reason, Some(err.to_string()), Some(s), attempts));
                         }
                     }
                 }
@@ -319,7 +325,7 @@ impl RuleLoop {
         if !dead.is_empty() {
             let letters: Vec<DeadLetter<'_>> = dead
                 .iter()
-                .map(|(i, reason, sink, attempts)| {
+                .map(|(i, reason, error, sink, attempts)| {
                     let policy = match sink {
                         Some(s) => &self.spec.sinks[*s].on_error,
                         None => &self.spec.on_error,
@@ -328,6 +334,7 @@ impl RuleLoop {
                         message: &batch[*i],
                         stream: &policy.dead_letter,
                         reason: reason.clone(),
+                        error: error.clone(),
                         sink: sink.map(|s| self.sinks[s].label()),
                         attempts: *attempts,
                     }
@@ -368,6 +375,7 @@ async fn deliver(
     let mut failed: Vec<(usize, SinkError, u32)> = Vec::new();
     let mut attempt = 1;
     loop {
+        let mut wait_at_least = Duration::ZERO;
         let subset: Vec<&Message> = todo.iter().map(|&i| batch[i]).collect();
         let results = sink.send(&subset).await;
         let mut retry = Vec::new();
@@ -376,6 +384,9 @@ async fn deliver(
             match result {
                 Ok(()) => {}
                 Err(e) if e.is_retryable() && attempt < policy.attempts => {
+                    if let Some(after) = e.retry_after() {
+                        wait_at_least = wait_at_least.max(after);
+                    }
                     retry.push(i);
                     last_error = Some(e);
                 }
@@ -386,7 +397,8 @@ async fn deliver(
             return SinkOutcome::Done(failed);
         }
         RuleStats::add(&stats.retried, retry.len() as u64);
-        let delay = backoff_delay(policy.backoff, policy.max_backoff, attempt);
+        // The endpoint's Retry-After wins over a shorter backoff step.
+        let delay = backoff_delay(policy.backoff, policy.max_backoff, attempt).max(wait_at_least);
         warn!(
             sink = sink.label(),
             count = retry.len(),

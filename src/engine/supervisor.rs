@@ -3,19 +3,53 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, error_span, info, warn};
+use tracing::{Instrument, debug, error, error_span, info, warn};
 
 use super::diff::{RuleSetDiff, diff};
 use super::rule::{RuleExit, run_rule};
-use crate::config::{RuleSet, RuleSpec};
-use crate::stats::{RuleStatus, StatsRegistry};
+use crate::config::{RuleSet, RuleSpec, SourceSpecKind};
+use crate::stats::{RuleState, RuleStatus, StatsRegistry};
 
 /// How often shutdown names the rules that are still draining.
 const STRAGGLER_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long a reload waits for the new instance of a Pub/Sub rule to subscribe before it stops
+/// the old one anyway (a new spec that cannot connect must not keep the old one forever).
+pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the old and new instances of a Pub/Sub rule are both subscribed. The old reader
+/// stops reading its socket as soon as it is cancelled, so it needs a moment to take in what
+/// Redis wrote to it just before the new subscription existed; messages in this window reach
+/// both instances (duplicates, counted). Short next to any debounce, long next to the
+/// microseconds a reader that keeps up needs.
+pub const HANDOVER_OVERLAP: Duration = Duration::from_millis(50);
+
+/// How one changed Pub/Sub rule went from its old instance to its new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover {
+    /// The rule.
+    pub rule: String,
+    /// Whether the new instance subscribed within [`HANDOVER_TIMEOUT`] (otherwise the old one
+    /// was stopped anyway, and messages may be missed until the new one subscribes).
+    pub subscribed: bool,
+    /// How long both instances were subscribed, the old one's drain included.
+    pub overlap: Duration,
+    /// Upper bound on messages delivered by both instances: Pub/Sub messages carry no id, so
+    /// this is half of what the rule received while both were subscribed.
+    pub duplicates_at_most: u64,
+}
+
+fn is_pubsub(spec: &RuleSpec) -> bool {
+    matches!(
+        spec.source.kind,
+        SourceSpecKind::Channel { .. } | SourceSpecKind::Pattern { .. }
+    )
+}
 
 struct Running {
     spec: Arc<RuleSpec>,
@@ -64,32 +98,123 @@ impl Supervisor {
 
     /// Bring the running rules in line with `set`: stop removed and changed rules (waiting for
     /// them to drain), then start changed and added ones. Unchanged rules are not touched.
+    ///
+    /// A changed rule that reads Pub/Sub before and after the change is handed over instead
+    /// (see [`Supervisor::apply_with_handovers`]).
     pub async fn apply(&mut self, set: &RuleSet) -> RuleSetDiff {
+        self.apply_with_handovers(set).await.0
+    }
+
+    /// As [`Supervisor::apply`], reporting how each Pub/Sub rule was handed over.
+    ///
+    /// Pub/Sub keeps nothing for a subscriber that is not connected, so stopping such a rule
+    /// before its new instance subscribes would lose what is published in between. A changed
+    /// rule whose old and new source are both a channel or pattern therefore starts its new
+    /// instance first, waits until it is subscribed ([`RuleStatus::started`], at most
+    /// [`HANDOVER_TIMEOUT`]), keeps both for [`HANDOVER_OVERLAP`], and only then drains and
+    /// stops the old one. A message published in that overlap reaches both instances: a
+    /// duplicate, counted in [`Handover::duplicates_at_most`]. Other changed rules stop, drain,
+    /// then start (a consumer group keeps their position; nothing is lost or doubled).
+    pub async fn apply_with_handovers(&mut self, set: &RuleSet) -> (RuleSetDiff, Vec<Handover>) {
         let d = diff(self.running.values().map(|r| r.spec.as_ref()), &set.rules);
-        let stopping: Vec<Running> = d
-            .removed
+        let new_spec = |name: &str| set.rules.iter().find(|r| r.name == name);
+
+        // 1. New instances of handed-over rules subscribe while everything else goes on.
+        let mut handing_over: Vec<(Running, Arc<RuleStatus>)> = Vec::new();
+        let mut stop_first: Vec<String> = d.removed.clone();
+        for name in &d.changed {
+            let Some(spec) = new_spec(name) else { continue };
+            let old_pubsub = self.running.get(name).is_some_and(|r| is_pubsub(&r.spec));
+            if old_pubsub && is_pubsub(spec) {
+                if let Some(old) = self.running.remove(name) {
+                    let status = self.spawn(spec.clone());
+                    handing_over.push((old, status));
+                }
+            } else {
+                stop_first.push(name.clone());
+            }
+        }
+
+        // 2. Removed rules and the other changed rules drain and stop, then changed ones
+        //    restart and added ones start.
+        let stopping: Vec<(String, Running)> = stop_first
             .iter()
-            .chain(&d.changed)
-            .filter_map(|name| self.running.remove(name))
+            .filter_map(|name| self.running.remove(name).map(|r| (name.clone(), r)))
             .collect();
-        let names: Vec<String> = d.removed.iter().chain(&d.changed).cloned().collect();
-        for r in &stopping {
+        for (_, r) in &stopping {
             r.token.cancel();
         }
         join_named(
-            stopping.into_iter().zip(names).map(|(r, n)| (n, r.handle)).collect(),
+            stopping.into_iter().map(|(n, r)| (n, r.handle)).collect(),
             self.drain_timeout,
         )
         .await;
         for rule in &set.rules {
-            if d.added.contains(&rule.name) || d.changed.contains(&rule.name) {
+            let restart = d.changed.contains(&rule.name) && !self.running.contains_key(&rule.name);
+            if d.added.contains(&rule.name) || restart {
                 self.spawn(rule.clone());
             }
         }
-        d
+
+        // 3. Hand over: once a new instance is subscribed, the old one may go.
+        let handovers = futures_util::future::join_all(
+            handing_over
+                .into_iter()
+                .map(|(old, new_status)| self.hand_over(old, new_status)),
+        )
+        .await;
+        (d, handovers)
     }
 
-    fn spawn(&mut self, spec: RuleSpec) {
+    /// Wait for the new instance, then drain and stop the old one, counting what both received
+    /// meanwhile.
+    fn hand_over(&self, old: Running, new_status: Arc<RuleStatus>) -> impl Future<Output = Handover> + use<> {
+        let stats = self.stats.rule(&old.spec.name);
+        let drain_timeout = self.drain_timeout;
+        async move {
+            let name = old.spec.name.clone();
+            let subscribed = tokio::time::timeout(HANDOVER_TIMEOUT, new_status.started())
+                .await
+                .is_ok()
+                && new_status.get() != RuleState::Stopped;
+            if !subscribed {
+                warn!(
+                    rule = %name,
+                    timeout_ms = HANDOVER_TIMEOUT.as_millis() as u64,
+                    "New instance of the rule did not subscribe in time; stopping the old one anyway. Messages published until it subscribes are missed."
+                );
+            }
+            let received_before = stats.received.load(Ordering::Relaxed);
+            let overlap_start = tokio::time::Instant::now();
+            if subscribed {
+                // Give the old reader time to take what Redis wrote to its socket before the
+                // new subscription existed; cancelling it stops reading at once.
+                tokio::time::sleep(HANDOVER_OVERLAP).await;
+            }
+            old.token.cancel();
+            join_named(vec![(name.clone(), old.handle)], drain_timeout).await;
+            let received = stats.received.load(Ordering::Relaxed) - received_before;
+            let handover = Handover {
+                rule: name,
+                subscribed,
+                overlap: overlap_start.elapsed(),
+                // Each message published after the new subscription and before the old reader
+                // stopped was received twice; everything else once. So at most half of what
+                // the rule received in the window is a duplicate.
+                duplicates_at_most: if subscribed { received / 2 } else { 0 },
+            };
+            debug!(
+                rule = %handover.rule,
+                overlap_ms = handover.overlap.as_millis() as u64,
+                duplicates_at_most = handover.duplicates_at_most,
+                "Pub/Sub rule handed over to its new instance."
+            );
+            handover
+        }
+    }
+
+    /// Start an instance of `spec` under the rule's name; returns its status.
+    fn spawn(&mut self, spec: RuleSpec) -> Arc<RuleStatus> {
         let spec = Arc::new(spec);
         let token = self.root.child_token();
         let stats = self.stats.rule(&spec.name);
@@ -101,11 +226,12 @@ impl Supervisor {
             spec.name.clone(),
             Running {
                 spec,
-                status,
+                status: status.clone(),
                 token,
                 handle,
             },
         );
+        status
     }
 
     /// Stop every rule: cancel the root, wait up to the drain timeout, naming stragglers

@@ -8,6 +8,11 @@
 mod publish;
 mod queue;
 mod stream;
+pub mod webhook;
+
+use std::time::Duration;
+
+pub use webhook::WebhookSink;
 
 use redis::aio::ConnectionManager;
 use redis::{Cmd, Value};
@@ -30,6 +35,20 @@ pub enum SinkError {
         #[source]
         source: EvalError,
     },
+    /// An HTTP endpoint refused or did not answer.
+    #[error("{sink}: {detail}")]
+    Http {
+        /// The sink.
+        sink: String,
+        /// The HTTP status, when there was a response.
+        status: Option<u16>,
+        /// What happened (status and the start of the response body).
+        detail: String,
+        /// 408, 429, 5xx, connection errors and timeouts.
+        retryable: bool,
+        /// The endpoint's `Retry-After`.
+        retry_after: Option<Duration>,
+    },
     /// Redis refused or did not answer.
     #[error("{sink} failed: {source}")]
     Redis {
@@ -48,6 +67,15 @@ impl SinkError {
         match self {
             SinkError::Render { .. } => false,
             SinkError::Redis { source, .. } => redis_conn::is_transient(source),
+            SinkError::Http { retryable, .. } => *retryable,
+        }
+    }
+
+    /// How long the endpoint asked us to wait before trying again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SinkError::Http { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 }
@@ -56,6 +84,8 @@ impl SinkError {
 pub enum Sink {
     /// PUBLISH, XADD or RPUSH/Laravel push on a Redis connection.
     Redis(RedisSink),
+    /// HTTP requests.
+    Webhook(WebhookSink),
 }
 
 impl Sink {
@@ -64,6 +94,9 @@ impl Sink {
     /// # Errors
     /// When Redis cannot be reached now (the caller retries).
     pub async fn open(spec: &SinkSpec) -> Result<Sink, SinkError> {
+        if let SinkSpecKind::Webhook(w) = &spec.kind {
+            return Ok(Sink::Webhook(WebhookSink::new(w, spec.kind.to_string())?));
+        }
         let conn = redis_conn::manager(&spec.connection, std::time::Duration::ZERO)
             .await
             .map_err(|source| SinkError::Redis {
@@ -81,6 +114,7 @@ impl Sink {
     pub fn label(&self) -> &str {
         match self {
             Sink::Redis(s) => &s.label,
+            Sink::Webhook(s) => s.label(),
         }
     }
 
@@ -88,6 +122,7 @@ impl Sink {
     pub async fn send(&mut self, batch: &[&Message]) -> Vec<Result<(), SinkError>> {
         match self {
             Sink::Redis(s) => s.send(batch).await,
+            Sink::Webhook(s) => s.send(batch).await,
         }
     }
 
@@ -97,10 +132,15 @@ impl Sink {
     /// # Errors
     /// When the message cannot be rendered for this sink.
     pub fn preview(spec: &SinkSpec, msg: &Message) -> Result<Vec<Vec<u8>>, SinkError> {
-        let cmd = render(spec, msg).map_err(|source| SinkError::Render {
+        let err = |source| SinkError::Render {
             sink: spec.kind.to_string(),
             source,
-        })?;
+        };
+        if let SinkSpecKind::Webhook(w) = &spec.kind {
+            let (url, body) = WebhookSink::render(w, msg).map_err(err)?;
+            return Ok(vec![w.method.clone().into_bytes(), url.into_bytes(), body]);
+        }
+        let cmd = render(spec, msg).map_err(err)?;
         Ok(cmd
             .args_iter()
             .filter_map(|a| match a {
@@ -122,6 +162,10 @@ fn render(spec: &SinkSpec, msg: &Message) -> Result<Cmd, EvalError> {
         SinkSpecKind::Queue { queue, body, laravel } => {
             queue::render(prefix, queue, body.as_ref(), laravel.as_ref(), msg)
         }
+        SinkSpecKind::Webhook(_) => Err(EvalError::Query {
+            path: String::new(),
+            reason: "a webhook is not a Redis command".into(),
+        }),
     }
 }
 

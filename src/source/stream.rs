@@ -9,8 +9,9 @@
 //! newest` is resolved to the stream's last id once, at open (reading from `$` on every call
 //! would skip what arrives between calls).
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use redis::Value;
 use redis::aio::ConnectionManager;
@@ -56,6 +57,12 @@ pub struct StreamSource {
     rule: Arc<str>,
     stats: Arc<RuleStats>,
     start_id: String,
+    claim_idle: Duration,
+    max_deliveries: u64,
+    /// When to look for other consumers' stale entries next.
+    next_claim: Instant,
+    /// XAUTOCLAIM cursor, `0-0` between sweeps.
+    claim_cursor: String,
 }
 
 /// The name this host uses as a consumer when the rule gives none: stable across restarts, so
@@ -83,6 +90,8 @@ impl StreamSource {
             batch,
             block,
             body_field,
+            claim_idle,
+            max_deliveries,
         } = &spec.kind
         else {
             return Err(SourceError::Protocol {
@@ -121,6 +130,10 @@ impl StreamSource {
             rule,
             stats,
             start_id: start.as_id().to_string(),
+            claim_idle: *claim_idle,
+            max_deliveries: *max_deliveries,
+            next_claim: Instant::now(),
+            claim_cursor: "0-0".into(),
         };
         match &source.mode {
             Mode::Group { .. } => source.ensure_group().await?,
@@ -198,26 +211,172 @@ impl StreamSource {
     /// pending list and replayed at the next start; in tail mode the position advances only
     /// when a reply is taken.
     pub async fn recv(&mut self) -> Result<Vec<Message>, SourceError> {
+        match &self.mode {
+            Mode::Group {
+                phase: Phase::Pending(_),
+                ..
+            } => self.replay_own().await,
+            Mode::Group { .. } => {
+                if Instant::now() >= self.next_claim {
+                    let claimed = self.autoclaim().await?;
+                    if !claimed.is_empty() {
+                        return Ok(claimed);
+                    }
+                }
+                self.read_new().await
+            }
+            Mode::Tail { .. } => self.read_new().await,
+        }
+    }
+
+    /// Own pending entries (what a previous run read and did not acknowledge), a batch at a
+    /// time: XPENDING for their ids and delivery counts, then XCLAIM to take them again, which
+    /// counts the delivery, so an entry that crashes the router every time reaches
+    /// `max_deliveries` instead of looping for ever.
+    async fn replay_own(&mut self) -> Result<Vec<Message>, SourceError> {
+        let Mode::Group {
+            group,
+            consumer,
+            phase: Phase::Pending(after),
+        } = &self.mode
+        else {
+            return Ok(Vec::new());
+        };
+        let (group, consumer, after) = (group.clone(), consumer.clone(), after.clone());
+        let pending = self.pending(&group, &consumer, &after).await?;
+        let Some(last) = pending.last().map(|p| p.0.clone()) else {
+            debug!(stream = %self.name, "Own pending entries replayed; reading new entries.");
+            if let Mode::Group { phase, .. } = &mut self.mode {
+                *phase = Phase::New;
+            }
+            return Ok(Vec::new());
+        };
+        if let Mode::Group {
+            phase: Phase::Pending(after),
+            ..
+        } = &mut self.mode
+        {
+            *after = format!("({last}");
+        }
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(&self.key).arg(&group).arg(&consumer).arg(0);
+        for (id, _) in &pending {
+            cmd.arg(id);
+        }
+        let reply: Value = cmd.query_async(&mut self.conn).await.map_err(self.err("XCLAIM"))?;
+        let entries = parse_entries(reply).map_err(|d| self.protocol("XCLAIM", d))?;
+        let counts: HashMap<String, u64> = pending.into_iter().map(|(id, n)| (id, n + 1)).collect();
+        self.into_batch(entries, &counts, &[]).await
+    }
+
+    /// Entries other consumers left pending longer than `claim_idle`, taken over with
+    /// XAUTOCLAIM (a dead router's in-flight batch). Runs every half `claim_idle`.
+    async fn autoclaim(&mut self) -> Result<Vec<Message>, SourceError> {
+        let Mode::Group { group, consumer, .. } = &self.mode else {
+            return Ok(Vec::new());
+        };
+        let (group, consumer) = (group.clone(), consumer.clone());
+        let reply: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&self.key)
+            .arg(&group)
+            .arg(&consumer)
+            .arg(self.claim_idle.as_millis() as u64)
+            .arg(&self.claim_cursor)
+            .arg("COUNT")
+            .arg(self.batch)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.err("XAUTOCLAIM"))?;
+        let Value::Array(mut parts) = reply else {
+            return Err(self.protocol("XAUTOCLAIM", "reply is not an array".into()));
+        };
+        let deleted: Vec<String> = if parts.len() >= 3 {
+            match parts.swap_remove(2) {
+                Value::Array(ids) => ids
+                    .into_iter()
+                    .filter_map(bulk)
+                    .filter_map(|b| String::from_utf8(b).ok())
+                    .collect(),
+                _ => Vec::new(),
+            }
+        } else {
+            Vec::new()
+        };
+        let entries = match parts.len() {
+            2 | 3 => parse_entries(parts.swap_remove(1)).map_err(|d| self.protocol("XAUTOCLAIM", d))?,
+            _ => return Err(self.protocol("XAUTOCLAIM", format!("{} elements", parts.len()))),
+        };
+        let next = parts
+            .pop()
+            .and_then(bulk)
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_else(|| "0-0".into());
+        if next == "0-0" {
+            self.next_claim = Instant::now() + claim_interval(self.claim_idle);
+        }
+        self.claim_cursor = next;
+        if entries.is_empty() && deleted.is_empty() {
+            return Ok(Vec::new());
+        }
+        info!(stream = %self.name, count = entries.len(), "Claimed entries another consumer left pending.");
+        // The claim counted a delivery; read the counts to enforce max_deliveries.
+        let counts = match (entries.first(), entries.last()) {
+            (Some((first, _)), Some((last, _))) => {
+                let (first, last) = (first.clone(), last.clone());
+                self.pending_range(&group, &consumer, &first, &last).await?
+            }
+            _ => HashMap::new(),
+        };
+        self.into_batch(entries, &counts, &deleted).await
+    }
+
+    /// `XPENDING key group start + COUNT consumer`: (id, deliveries) of this consumer's entries.
+    async fn pending(&mut self, group: &str, consumer: &str, start: &str) -> Result<Vec<(String, u64)>, SourceError> {
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(&self.key).arg(group);
+        cmd.arg(if start == "0" { "-" } else { start })
+            .arg("+")
+            .arg(self.batch)
+            .arg(consumer);
+        let reply: Value = cmd.query_async(&mut self.conn).await.map_err(self.err("XPENDING"))?;
+        Ok(parse_pending(reply))
+    }
+
+    async fn pending_range(
+        &mut self,
+        group: &str,
+        consumer: &str,
+        first: &str,
+        last: &str,
+    ) -> Result<HashMap<String, u64>, SourceError> {
+        let reply: Value = redis::cmd("XPENDING")
+            .arg(&self.key)
+            .arg(group)
+            .arg(first)
+            .arg(last)
+            .arg(self.batch)
+            .arg(consumer)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.err("XPENDING"))?;
+        Ok(parse_pending(reply).into_iter().collect())
+    }
+
+    /// New entries: XREADGROUP `>` (group) or XREAD after the last id (tail).
+    async fn read_new(&mut self) -> Result<Vec<Message>, SourceError> {
         let block_ms = self.block.as_millis() as u64;
-        let (cmd, replaying) = match &self.mode {
-            Mode::Group { group, consumer, phase } => {
+        let cmd = match &self.mode {
+            Mode::Group { group, consumer, .. } => {
                 let mut cmd = redis::cmd("XREADGROUP");
                 cmd.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(self.batch);
-                let id = match phase {
-                    Phase::Pending(after) => after.as_str(),
-                    Phase::New => {
-                        cmd.arg("BLOCK").arg(block_ms);
-                        ">"
-                    }
-                };
-                cmd.arg("STREAMS").arg(&self.key).arg(id);
-                (cmd, matches!(phase, Phase::Pending(_)))
+                cmd.arg("BLOCK").arg(block_ms).arg("STREAMS").arg(&self.key).arg(">");
+                cmd
             }
             Mode::Tail { last_id } => {
                 let mut cmd = redis::cmd("XREAD");
                 cmd.arg("COUNT").arg(self.batch).arg("BLOCK").arg(block_ms);
                 cmd.arg("STREAMS").arg(&self.key).arg(last_id);
-                (cmd, false)
+                cmd
             }
         };
         let reply: redis::RedisResult<Value> = cmd.query_async(&mut self.conn).await;
@@ -247,26 +406,28 @@ impl StreamSource {
             Value::Array(_) | Value::Set(_) | Value::Map(_) => Vec::new(),
             other => return Err(self.protocol("XREADGROUP", format!("reply {other:?}"))),
         };
-        if let Some((last, _)) = entries.last() {
-            match &mut self.mode {
-                Mode::Group {
-                    phase: Phase::Pending(after),
-                    ..
-                } => *after = last.clone(),
-                Mode::Tail { last_id } => *last_id = last.clone(),
-                Mode::Group { .. } => {}
-            }
-        } else if let Mode::Group { phase, .. } = &mut self.mode
-            && let Phase::Pending(_) = phase
-        {
-            debug!(stream = %self.name, "Own pending entries replayed; reading new entries.");
-            *phase = Phase::New;
+        if let (Some((last, _)), Mode::Tail { last_id }) = (entries.last(), &mut self.mode) {
+            *last_id = last.clone();
         }
-        let mut vanished = Vec::new();
+        self.into_batch(entries, &HashMap::new(), &[]).await
+    }
+
+    /// Messages from entries (delivery counts from `counts`, 1 when absent); entries deleted
+    /// while pending are acknowledged and counted.
+    async fn into_batch(
+        &mut self,
+        entries: Vec<Entry>,
+        counts: &HashMap<String, u64>,
+        deleted: &[String],
+    ) -> Result<Vec<Message>, SourceError> {
+        let mut vanished: Vec<String> = deleted.to_vec();
         let mut batch = Vec::with_capacity(entries.len());
         for (id, fields) in entries {
             match fields {
-                Some(fields) => batch.push(self.message(id, fields, replaying)),
+                Some(fields) => {
+                    let deliveries = counts.get(&id).copied().unwrap_or(1);
+                    batch.push(self.message(id, fields, deliveries));
+                }
                 None => vanished.push(id),
             }
         }
@@ -280,7 +441,7 @@ impl StreamSource {
         Ok(batch)
     }
 
-    fn message(&self, id: String, fields: Vec<(Vec<u8>, Vec<u8>)>, replaying: bool) -> Message {
+    fn message(&self, id: String, fields: Vec<(Vec<u8>, Vec<u8>)>, deliveries: u64) -> Message {
         let mut meta = Meta {
             rule: self.rule.clone(),
             source: SourceKind::Stream,
@@ -288,7 +449,7 @@ impl StreamSource {
             pattern: None,
             id: Some(id),
             received: SystemTime::now(),
-            deliveries: if replaying { 2 } else { 1 },
+            deliveries,
             fields: Vec::new(),
             problem: None,
         };
@@ -316,6 +477,12 @@ impl StreamSource {
                 }
             }
         };
+        if deliveries > self.max_deliveries && meta.problem.is_none() {
+            meta.problem = Some(format!(
+                "delivered {deliveries} times, more than max_deliveries ({})",
+                self.max_deliveries
+            ));
+        }
         Message::new(body, meta)
     }
 
@@ -344,6 +511,36 @@ impl StreamSource {
     pub async fn ack(&mut self, batch: &[Message]) -> Result<(), SourceError> {
         self.xack(batch.iter().filter_map(|m| m.meta.id.as_deref())).await
     }
+}
+
+/// `XPENDING` extended form: `[[id, consumer, idle, deliveries], …]` → (id, deliveries).
+fn parse_pending(v: Value) -> Vec<(String, u64)> {
+    let Value::Array(items) = v else {
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .filter_map(|item| match item {
+            Value::Array(mut fields) if fields.len() == 4 => {
+                let count = match fields.pop() {
+                    Some(Value::Int(n)) => n.max(0) as u64,
+                    _ => 1,
+                };
+                let id = fields
+                    .into_iter()
+                    .next()
+                    .and_then(bulk)
+                    .and_then(|b| String::from_utf8(b).ok())?;
+                Some((id, count))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// How often a group reader looks for entries to claim: half the idle time, within bounds.
+fn claim_interval(claim_idle: Duration) -> Duration {
+    (claim_idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(30))
 }
 
 /// An entry's id and its fields, `None` for an entry deleted while pending.

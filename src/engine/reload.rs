@@ -1,0 +1,284 @@
+//! One reload step, shared by `run` and the tests: read the rule file, validate it completely,
+//! and either apply it through the [`Supervisor`] or reject it with every mistake logged and
+//! the running rules left as they are.
+//!
+//! Each applied file is a *generation* (the file `run` starts with is generation 1). The
+//! counters and the current generation live in [`ReloadStats`], shared behind an `Arc` so that
+//! observers (tests, the HTTP endpoint) can read them while the reload loop owns the
+//! supervisor. This module does not watch anything: [`super::watcher`] and SIGHUP send
+//! [`ReloadTrigger`]s, [`Reloader::serve`] turns them into reloads.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::diff::RuleSetDiff;
+use super::supervisor::{Handover, Supervisor};
+use super::watcher::ReloadTrigger;
+use crate::config::{self, ConfigError, RuleSpec};
+use crate::stats::RuleStatus;
+
+/// Hex digits of the file's SHA-256 shown in logs and status: enough to tell two versions of
+/// one file apart at a glance.
+const HASH_PREFIX_LEN: usize = 12;
+
+/// Reload counters and the rule set now running. Plain atomics plus one small lock, written
+/// only by the reload loop.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    /// Generation of the rule set running: 1 for the file `run` started with, +1 per applied
+    /// reload.
+    pub generation: AtomicU64,
+    /// Reloads applied (generation 1 not included).
+    pub applied: AtomicU64,
+    /// Reloads refused because the file was unreadable or invalid; the old rules kept running.
+    pub rejected: AtomicU64,
+    /// File events after which the content was the same as the last content seen (a `touch`,
+    /// a save without changes, a second event of one write): nothing was done.
+    pub unchanged: AtomicU64,
+    /// Upper bound on Pub/Sub messages delivered twice while a changed rule was handed over to
+    /// its new instance, over all reloads.
+    pub pubsub_overlap_duplicates: AtomicU64,
+    current: Mutex<Current>,
+}
+
+#[derive(Debug, Default)]
+struct Current {
+    hash: String,
+    rules: Vec<(Arc<RuleSpec>, Arc<RuleStatus>)>,
+    last_rejection: Vec<String>,
+}
+
+impl ReloadStats {
+    fn current(&self) -> std::sync::MutexGuard<'_, Current> {
+        // Only whole values are stored under this lock; a panic cannot leave it half-written.
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hash prefix of the file the running rules came from.
+    pub fn hash(&self) -> String {
+        self.current().hash.clone()
+    }
+
+    /// The running rule instances with their live status, as of the last (re)load.
+    pub fn rules(&self) -> Vec<(Arc<RuleSpec>, Arc<RuleStatus>)> {
+        self.current().rules.clone()
+    }
+
+    /// The mistakes of the last rejected file, rendered as `check` prints them; empty once a
+    /// good file has been applied since.
+    pub fn last_rejection(&self) -> Vec<String> {
+        self.current().last_rejection.clone()
+    }
+
+    /// Read a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// What one call to [`Reloader::reload`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The file was valid and is now running as `generation`.
+    Applied {
+        /// The new generation.
+        generation: u64,
+        /// What was started, stopped and restarted.
+        diff: RuleSetDiff,
+    },
+    /// The file could not be read or is invalid; the old rules stay.
+    Rejected,
+    /// A file event, but the content is the one seen last: nothing to do.
+    Unchanged,
+}
+
+/// Owns the supervisor and the path of the rule file; applies each good version of the file.
+pub struct Reloader {
+    path: PathBuf,
+    supervisor: Supervisor,
+    stats: Arc<ReloadStats>,
+    /// Full SHA-256 of the last content read, applied or rejected: a file event with the same
+    /// content is skipped.
+    last_seen: [u8; 32],
+}
+
+impl Reloader {
+    /// Load `path` and start its rules as generation 1.
+    ///
+    /// # Errors
+    /// The [`ConfigError`] of a file that cannot be read or is invalid; nothing is started.
+    pub async fn start(path: impl Into<PathBuf>, mut supervisor: Supervisor) -> Result<Reloader, ConfigError> {
+        let path = path.into();
+        let (text, digest) = read(&path)?;
+        let set = config::load_str(&text, &path.display().to_string())?;
+        supervisor.apply(&set).await;
+        let stats = Arc::new(ReloadStats::default());
+        stats.generation.store(1, Ordering::Relaxed);
+        let hash = short_hash(&digest);
+        {
+            let mut current = stats.current();
+            current.hash = hash.clone();
+            current.rules = supervisor.statuses();
+        }
+        let names: Vec<&str> = set.rules.iter().map(|r| r.name.as_str()).collect();
+        info!(generation = 1, hash = %hash, rules = ?names, file = %path.display(), "Rules loaded.");
+        Ok(Reloader {
+            path,
+            supervisor,
+            stats,
+            last_seen: digest,
+        })
+    }
+
+    /// The counters and current generation, shareable with observers.
+    pub fn stats(&self) -> Arc<ReloadStats> {
+        self.stats.clone()
+    }
+
+    /// The supervisor running the rules.
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
+
+    /// The rule file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Read and validate the file; apply it if it is valid, otherwise log every mistake at
+    /// ERROR (with line and column, as `check` prints them), count the rejection and leave the
+    /// running rules alone. Logs one INFO line per applied reload: generation, hash, and the
+    /// names added, changed and removed.
+    ///
+    /// A [`ReloadTrigger::FileChanged`] whose content hashes the same as the last content seen
+    /// does nothing (reading the file, touching it or a second event of one write must not
+    /// restart anything); a [`ReloadTrigger::Signal`] always reads and validates.
+    pub async fn reload(&mut self, trigger: ReloadTrigger) -> ReloadOutcome {
+        let file = self.path.display().to_string();
+        let (text, digest) = match read(&self.path) {
+            Ok(read) => read,
+            Err(e) => {
+                ReloadStats::add(&self.stats.rejected);
+                error!(trigger = %trigger, error = %e, "Reload rejected: the rule file cannot be read; the running rules stay.");
+                self.stats.current().last_rejection = vec![e.to_string()];
+                return ReloadOutcome::Rejected;
+            }
+        };
+        let hash = short_hash(&digest);
+        if trigger == ReloadTrigger::FileChanged && digest == self.last_seen {
+            ReloadStats::add(&self.stats.unchanged);
+            debug!(hash = %hash, "Rule file event without a change of content; nothing to reload.");
+            return ReloadOutcome::Unchanged;
+        }
+        self.last_seen = digest;
+        let set = match config::load_str(&text, &file) {
+            Ok(set) => set,
+            Err(e) => {
+                ReloadStats::add(&self.stats.rejected);
+                let rendered: Vec<String> = e.diagnostics().iter().map(|d| d.render(&file)).collect();
+                for (d, line) in e.diagnostics().iter().zip(&rendered) {
+                    error!(line = d.line, column = d.column, "{line}");
+                }
+                if rendered.is_empty() {
+                    error!(error = %e, "Rule file invalid.");
+                }
+                error!(
+                    trigger = %trigger,
+                    hash = %hash,
+                    errors = rendered.len(),
+                    generation = ReloadStats::get(&self.stats.generation),
+                    "Reload rejected; the running rules stay."
+                );
+                self.stats.current().last_rejection = rendered;
+                return ReloadOutcome::Rejected;
+            }
+        };
+        let (diff, handovers) = self.supervisor.apply_with_handovers(&set).await;
+        let duplicates: u64 = handovers.iter().map(|h| h.duplicates_at_most).sum();
+        let missed: Vec<&str> = handovers
+            .iter()
+            .filter(|h| !h.subscribed)
+            .map(|h: &Handover| h.rule.as_str())
+            .collect();
+        if !missed.is_empty() {
+            warn!(rules = ?missed, "Some Pub/Sub rules were stopped before their new instance subscribed.");
+        }
+        self.stats
+            .pubsub_overlap_duplicates
+            .fetch_add(duplicates, Ordering::Relaxed);
+        let generation = self.stats.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        ReloadStats::add(&self.stats.applied);
+        {
+            let mut current = self.stats.current();
+            current.hash = hash.clone();
+            current.rules = self.supervisor.statuses();
+            current.last_rejection.clear();
+        }
+        info!(
+            generation,
+            hash = %hash,
+            trigger = %trigger,
+            added = ?diff.added,
+            changed = ?diff.changed,
+            removed = ?diff.removed,
+            pubsub_overlap_duplicates = duplicates,
+            "Rules reloaded."
+        );
+        ReloadOutcome::Applied { generation, diff }
+    }
+
+    /// Reload on every trigger from `triggers` until `stop` is cancelled or every sender is
+    /// gone. Triggers that queue up during a reload are coalesced into one.
+    pub async fn serve(&mut self, triggers: &mut mpsc::Receiver<ReloadTrigger>, stop: &CancellationToken) {
+        loop {
+            let mut trigger = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                t = triggers.recv() => match t {
+                    Some(t) => t,
+                    None => return,
+                },
+            };
+            while let Ok(more) = triggers.try_recv() {
+                trigger = trigger.merge(more);
+            }
+            self.reload(trigger).await;
+        }
+    }
+
+    /// Stop every rule (see [`Supervisor::shutdown`]); returns the rules that had to be aborted.
+    pub async fn shutdown(self) -> Vec<String> {
+        self.supervisor.shutdown().await
+    }
+}
+
+impl ReloadStats {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The file's text and the SHA-256 of its bytes.
+fn read(path: &Path) -> Result<(String, [u8; 32]), ConfigError> {
+    let io = |source| ConfigError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let bytes = std::fs::read(path).map_err(io)?;
+    let digest: [u8; 32] = Sha256::digest(&bytes).into();
+    let text = String::from_utf8(bytes)
+        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error())))?;
+    Ok((text, digest))
+}
+
+fn short_hash(digest: &[u8; 32]) -> String {
+    let mut hex = hex::encode(digest);
+    hex.truncate(HASH_PREFIX_LEN);
+    hex
+}
