@@ -120,36 +120,66 @@ fn check(file: &Path) -> ExitCode {
 }
 
 async fn run(path: &Path, drain_timeout: Duration) -> anyhow::Result<ExitCode> {
-    let set = match config::load(path) {
-        Ok(set) => set,
+    use redis_router::engine::{ConfigWatcher, ReloadTrigger, Reloader, watcher};
+    use tokio::signal::unix::{SignalKind, signal};
+
+    // Until a `--reload-debounce` flag exists, the debounce comes from the environment.
+    let debounce = match std::env::var("REDIS_ROUTER_RELOAD_DEBOUNCE") {
+        Ok(text) => humantime::parse_duration(&text)
+            .with_context(|| format!("REDIS_ROUTER_RELOAD_DEBOUNCE={text:?} is not a duration"))?,
+        Err(_) => watcher::DEFAULT_DEBOUNCE,
+    };
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+
+    // File events and SIGHUP feed one channel; a full channel means a reload is already queued.
+    let (triggers_tx, mut triggers) = tokio::sync::mpsc::channel::<ReloadTrigger>(8);
+    // Watch before the first load, so that a write between the two is not missed.
+    let _watcher = match ConfigWatcher::start(path, debounce, triggers_tx.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            error!(error = %e, "Cannot watch the rule file; only SIGHUP reloads it.");
+            None
+        }
+    };
+    let root = CancellationToken::new();
+    let supervisor = Supervisor::new(root.clone(), StatsRegistry::default(), drain_timeout);
+    let mut reloader = match Reloader::start(path, supervisor).await {
+        Ok(r) => r,
         Err(e) => {
             print_config_error(&e);
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
-    let root = CancellationToken::new();
-    let mut supervisor = Supervisor::new(root.clone(), StatsRegistry::default(), drain_timeout);
-    let d = supervisor.apply(&set).await;
-    info!(rules = d.added.len(), file = %path.display(), "Router started.");
+    info!(
+        rules = reloader.supervisor().rule_names().len(),
+        file = %path.display(),
+        debounce_ms = debounce.as_millis() as u64,
+        "Router started."
+    );
 
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            _ = sigterm.recv() => { info!(signal = "SIGTERM", "Stopping."); break; }
-            _ = sigint.recv() => { info!(signal = "SIGINT", "Stopping."); break; }
-            _ = sighup.recv() => match config::load(path) {
-                Ok(set) => {
-                    let d = supervisor.apply(&set).await;
-                    info!(added = ?d.added, changed = ?d.changed, removed = ?d.removed, "Reloaded.");
+    let stop = CancellationToken::new();
+    let signals = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = sigterm.recv() => { info!(signal = "SIGTERM", "Stopping."); break; }
+                    _ = sigint.recv() => { info!(signal = "SIGINT", "Stopping."); break; }
+                    _ = sighup.recv() => {
+                        info!(signal = "SIGHUP", "Reloading the rule file.");
+                        let _ = triggers_tx.try_send(ReloadTrigger::Signal);
+                    }
                 }
-                Err(e) => error!("Reload rejected; the running rules stay.\n{e}"),
-            },
-        }
-    }
-    let aborted = supervisor.shutdown().await;
+            }
+            stop.cancel();
+        })
+    };
+    // A reload in progress finishes before a stop signal is acted on.
+    reloader.serve(&mut triggers, &stop).await;
+    signals.abort();
+    let aborted = reloader.shutdown().await;
     if aborted.is_empty() {
         info!("Stopped.");
     }

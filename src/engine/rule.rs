@@ -212,6 +212,17 @@ struct RuleLoop {
     token: CancellationToken,
 }
 
+/// A message of the batch that goes to the dead-letter stream instead of (some of) its sinks.
+struct Doomed {
+    index: usize,
+    reason: String,
+    /// The sink's last error, for sink failures.
+    error: Option<String>,
+    /// Which sink failed, if one did.
+    sink: Option<usize>,
+    attempts: u32,
+}
+
 /// What became of one sink's share of a batch.
 enum SinkOutcome {
     /// Delivered, apart from these messages (index, error, attempts made).
@@ -224,14 +235,19 @@ impl RuleLoop {
     /// Handle one batch; false when cancelled before the batch could be finished (it stays
     /// unacknowledged and the source delivers it again).
     async fn process(&mut self, source: &mut Source, batch: Vec<Message>) -> bool {
-        // (message index, reason, error, sink index, attempts)
-        let mut dead: Vec<(usize, String, Option<String>, Option<usize>, u32)> = Vec::new();
+        let mut dead: Vec<Doomed> = Vec::new();
         // Transformed copies live here; `outgoing` points into it or into `batch`.
         let mut transformed: Vec<(usize, Message)> = Vec::new();
         let mut passing: Vec<usize> = Vec::with_capacity(batch.len());
         for (i, msg) in batch.iter().enumerate() {
             if let Some(problem) = &msg.meta.problem {
-                dead.push((i, problem.clone(), None, None, 0));
+                dead.push(Doomed {
+                    index: i,
+                    reason: problem.clone(),
+                    error: None,
+                    sink: None,
+                    attempts: 0,
+                });
                 continue;
             }
             if let Some(filter) = &self.spec.filter {
@@ -242,7 +258,13 @@ impl RuleLoop {
                         continue;
                     }
                     Err(e) => {
-                        dead.push((i, format!("filter: {e}"), None, None, 0));
+                        dead.push(Doomed {
+                            index: i,
+                            reason: format!("filter: {e}"),
+                            error: None,
+                            sink: None,
+                            attempts: 0,
+                        });
                         continue;
                     }
                 }
@@ -251,7 +273,13 @@ impl RuleLoop {
                 match transform.apply(msg) {
                     Ok(value) => transformed.push((i, Message::from_json(value, msg.meta.clone()))),
                     Err(e) => {
-                        dead.push((i, format!("transform: {e}"), None, None, 0));
+                        dead.push(Doomed {
+                            index: i,
+                            reason: format!("transform: {e}"),
+                            error: None,
+                            sink: None,
+                            attempts: 0,
+                        });
                         continue;
                     }
                 }
@@ -276,7 +304,13 @@ impl RuleLoop {
                         Some(Ok(false)) => {}
                         Some(Err(e)) => {
                             failed_any[j] = true;
-                            dead.push((passing[j], format!("sink filter: {e}"), None, Some(s), 0));
+                            dead.push(Doomed {
+                                index: passing[j],
+                                reason: format!("sink filter: {e}"),
+                                error: None,
+                                sink: Some(s),
+                                attempts: 0,
+                            });
                         }
                     }
                 }
@@ -311,7 +345,13 @@ impl RuleLoop {
                             } else {
                                 "sink refused the message (not retryable)".to_string()
                             };
-                            dead.push((passing[j], reason, Some(err.to_string()), Some(s), attempts));
+                            dead.push(Doomed {
+                                index: passing[j],
+                                reason,
+                                error: Some(err.to_string()),
+                                sink: Some(s),
+                                attempts,
+                            });
                         }
                     }
                 }
@@ -325,20 +365,28 @@ impl RuleLoop {
         if !dead.is_empty() {
             let letters: Vec<DeadLetter<'_>> = dead
                 .iter()
-                .map(|(i, reason, error, sink, attempts)| {
-                    let policy = match sink {
-                        Some(s) => &self.spec.sinks[*s].on_error,
-                        None => &self.spec.on_error,
-                    };
-                    DeadLetter {
-                        message: &batch[*i],
-                        stream: &policy.dead_letter,
-                        reason: reason.clone(),
-                        error: error.clone(),
-                        sink: sink.map(|s| self.sinks[s].label()),
-                        attempts: *attempts,
-                    }
-                })
+                .map(
+                    |Doomed {
+                         index: i,
+                         reason,
+                         error,
+                         sink,
+                         attempts,
+                     }| {
+                        let policy = match sink {
+                            Some(s) => &self.spec.sinks[*s].on_error,
+                            None => &self.spec.on_error,
+                        };
+                        DeadLetter {
+                            message: &batch[*i],
+                            stream: &policy.dead_letter,
+                            reason: reason.clone(),
+                            error: error.clone(),
+                            sink: sink.map(|s| self.sinks[s].label()),
+                            attempts: *attempts,
+                        }
+                    },
+                )
                 .collect();
             let mut retry = Retry::default();
             while let Err(e) = self.dead.write(&letters).await {

@@ -110,7 +110,11 @@ impl ConfigWatcher {
     ///
     /// # Errors
     /// [`WatchError`] when the path has no file name or notify cannot watch the directory.
-    pub fn start(path: &Path, debounce: Duration, tx: mpsc::Sender<ReloadTrigger>) -> Result<ConfigWatcher, WatchError> {
+    pub fn start(
+        path: &Path,
+        debounce: Duration,
+        tx: mpsc::Sender<ReloadTrigger>,
+    ) -> Result<ConfigWatcher, WatchError> {
         let file_name = path
             .file_name()
             .ok_or_else(|| WatchError::NoFileName {
@@ -142,9 +146,7 @@ impl ConfigWatcher {
             }
         };
         let mut debouncer = new_debouncer(debounce, None, handler).map_err(notify_err)?;
-        debouncer
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(notify_err)?;
+        debouncer.watch(&dir, RecursiveMode::NonRecursive).map_err(notify_err)?;
         debug!(dir = %dir.display(), debounce_ms = debounce.as_millis() as u64, "Watching the rule file's directory.");
         Ok(ConfigWatcher {
             _debouncer: debouncer,
@@ -243,7 +245,11 @@ mod tests {
         let names = HashSet::from([OsString::from("routes.yaml"), OsString::from("..data")]);
         let cases = [
             (EventKind::Create(CreateKind::File), vec!["/d/routes.yaml"], true),
-            (EventKind::Modify(ModifyKind::Data(DataChange::Any)), vec!["/d/routes.yaml"], true),
+            (
+                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                vec!["/d/routes.yaml"],
+                true,
+            ),
             (EventKind::Remove(RemoveKind::File), vec!["/d/routes.yaml"], true),
             (
                 EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
@@ -256,13 +262,29 @@ mod tests {
                 true,
             ),
             // Reading the file (what a reload does) must not trigger another reload.
-            (EventKind::Access(AccessKind::Open(AccessMode::Any)), vec!["/d/routes.yaml"], false),
-            (EventKind::Access(AccessKind::Close(AccessMode::Read)), vec!["/d/routes.yaml"], false),
-            (EventKind::Access(AccessKind::Close(AccessMode::Write)), vec!["/d/routes.yaml"], false),
+            (
+                EventKind::Access(AccessKind::Open(AccessMode::Any)),
+                vec!["/d/routes.yaml"],
+                false,
+            ),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Read)),
+                vec!["/d/routes.yaml"],
+                false,
+            ),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                vec!["/d/routes.yaml"],
+                false,
+            ),
             (EventKind::Other, vec!["/d/routes.yaml"], false),
             // Other files in the directory.
             (EventKind::Create(CreateKind::File), vec!["/d/other.yaml"], false),
-            (EventKind::Modify(ModifyKind::Data(DataChange::Any)), vec!["/d/sedX1b2c3"], false),
+            (
+                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                vec!["/d/sedX1b2c3"],
+                false,
+            ),
             (EventKind::Create(CreateKind::Folder), vec!["/d/..2024_01_01"], false),
         ];
         for (kind, paths, want) in cases {

@@ -266,7 +266,7 @@ impl StreamSource {
         let reply: Value = cmd.query_async(&mut self.conn).await.map_err(self.err("XCLAIM"))?;
         let entries = parse_entries(reply).map_err(|d| self.protocol("XCLAIM", d))?;
         let counts: HashMap<String, u64> = pending.into_iter().map(|(id, n)| (id, n + 1)).collect();
-        self.into_batch(entries, &counts, &[]).await
+        self.make_batch(entries, &counts, &[]).await
     }
 
     /// Entries other consumers left pending longer than `claim_idle`, taken over with
@@ -327,7 +327,7 @@ impl StreamSource {
             }
             _ => HashMap::new(),
         };
-        self.into_batch(entries, &counts, &deleted).await
+        self.make_batch(entries, &counts, &deleted).await
     }
 
     /// `XPENDING key group start + COUNT consumer`: (id, deliveries) of this consumer's entries.
@@ -409,12 +409,12 @@ impl StreamSource {
         if let (Some((last, _)), Mode::Tail { last_id }) = (entries.last(), &mut self.mode) {
             *last_id = last.clone();
         }
-        self.into_batch(entries, &HashMap::new(), &[]).await
+        self.make_batch(entries, &HashMap::new(), &[]).await
     }
 
     /// Messages from entries (delivery counts from `counts`, 1 when absent); entries deleted
     /// while pending are acknowledged and counted.
-    async fn into_batch(
+    async fn make_batch(
         &mut self,
         entries: Vec<Entry>,
         counts: &HashMap<String, u64>,
