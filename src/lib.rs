@@ -9,6 +9,7 @@
 //! - [`source`]: Pub/Sub, stream and list sources.
 //! - [`sink`]: publish, stream and queue sinks; one pipeline per batch.
 //! - [`laravel`]: Laravel's Redis queue wire format (job envelope, PHP serialize).
+//! - [`dlq`]: listing and replaying dead letters.
 //! - [`engine`]: the per-rule loop, dead letters, the supervisor and rule-set diffs.
 //! - [`redis_conn`]: how connections are opened (timeouts, TCP_NODELAY, prefixes).
 //! - [`stats`]: per-rule counters.
@@ -17,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod dlq;
 pub mod engine;
 pub mod filter;
 pub mod laravel;

@@ -59,6 +59,46 @@ enum Command {
         #[arg(env = "REDIS_ROUTER_CONFIG", default_value = "routes.yaml")]
         file: PathBuf,
     },
+    /// Dead letters: list them, or replay them to the sink that failed.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Print the dead letters of the file's rules, one per line.
+    List {
+        /// The rule file.
+        #[arg(
+            short = 'c',
+            long = "config",
+            env = "REDIS_ROUTER_CONFIG",
+            default_value = "routes.yaml"
+        )]
+        config: PathBuf,
+        /// Only this rule's.
+        #[arg(long)]
+        rule: Option<String>,
+    },
+    /// Send dead letters again to the sink that failed them; delete each once delivered.
+    Replay {
+        /// The rule file.
+        #[arg(
+            short = 'c',
+            long = "config",
+            env = "REDIS_ROUTER_CONFIG",
+            default_value = "routes.yaml"
+        )]
+        config: PathBuf,
+        /// Only this rule's.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only these dead-letter entry ids.
+        #[arg(long = "id")]
+        ids: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,6 +106,22 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format);
     match cli.command {
         Command::Check { file } => check(&file),
+        Command::Dlq { action } => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("redis-router: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(dlq(action)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("redis-router: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config, drain_timeout } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
@@ -102,6 +158,48 @@ fn print_config_error(e: &ConfigError) {
     if n > 0 {
         eprintln!("{n} error{} found.", if n == 1 { "" } else { "s" });
     }
+}
+
+async fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
+    let (DlqAction::List { config: path, .. } | DlqAction::Replay { config: path, .. }) = &action;
+    let set = match config::load(path) {
+        Ok(set) => set,
+        Err(e) => {
+            print_config_error(&e);
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    match action {
+        DlqAction::List { rule, .. } => {
+            let entries = redis_router::dlq::list(&set, rule.as_deref()).await?;
+            for e in &entries {
+                println!("{}", e.summary());
+            }
+            eprintln!(
+                "{} dead letter{}.",
+                entries.len(),
+                if entries.len() == 1 { "" } else { "s" }
+            );
+        }
+        DlqAction::Replay { rule, ids, .. } => {
+            let mut last = std::time::Instant::now();
+            let report = redis_router::dlq::replay(&set, rule.as_deref(), &ids, |done, total| {
+                if total >= 1000 && (last.elapsed() >= Duration::from_secs(1) || done == total) {
+                    eprintln!("replayed {done} of {total}");
+                    last = std::time::Instant::now();
+                }
+            })
+            .await?;
+            println!(
+                "{} replayed, {} failed again (kept), {} skipped (not sink failures, kept).",
+                report.replayed, report.failed, report.skipped
+            );
+            if report.failed > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(file: &Path) -> ExitCode {

@@ -117,7 +117,7 @@ impl Source {
     }
 }
 
-/// The bytes of a bulk string reply, or an error naming what was expected.
+/// The bytes of a bulk or simple string reply.
 pub(crate) fn bulk(v: redis::Value) -> Option<Vec<u8>> {
     match v {
         redis::Value::BulkString(b) => Some(b),
