@@ -40,6 +40,8 @@ pub struct WebhookSink {
     client: reqwest::Client,
     method: reqwest::Method,
     consecutive_failures: u32,
+    /// The last failure the endpoint itself caused, quoted while the circuit is open.
+    last_failure: Option<String>,
 }
 
 impl WebhookSink {
@@ -69,6 +71,7 @@ impl WebhookSink {
             client,
             method,
             consecutive_failures: 0,
+            last_failure: None,
         })
     }
 
@@ -88,16 +91,21 @@ impl WebhookSink {
         let mut todo: Vec<usize> = (0..batch.len()).collect();
         if self.circuit_open() && !batch.is_empty() {
             let probe = self.request(batch[0]).await;
-            let failed = probe.is_err();
-            self.record(!failed);
+            let failed = probe.as_ref().is_err_and(SinkError::is_retryable);
+            self.record(&probe);
             if failed {
                 let retry_after = probe.as_ref().err().and_then(SinkError::retry_after);
+                let detail = format!(
+                    "circuit open after {} failed requests in a row, not sent; last: {}",
+                    self.consecutive_failures,
+                    self.last_failure.as_deref().unwrap_or("?")
+                );
                 results[0] = Some(probe);
                 for r in results.iter_mut().skip(1) {
                     *r = Some(Err(SinkError::Http {
                         sink: self.label.clone(),
                         status: None,
-                        detail: "circuit open: the endpoint keeps failing; waiting for a probe to succeed".into(),
+                        detail: detail.clone(),
                         retryable: true,
                         retry_after,
                     }));
@@ -114,7 +122,7 @@ impl WebhookSink {
             .collect()
             .await;
         for (i, outcome) in outcomes {
-            self.record(outcome.is_ok() || outcome.as_ref().is_err_and(|e| !e.is_retryable()));
+            self.record(&outcome);
             results[i] = Some(outcome);
         }
         results
@@ -135,11 +143,15 @@ impl WebhookSink {
 
     /// A success (or a permanent refusal, which says the endpoint is up) closes the circuit;
     /// a transient failure counts towards opening it.
-    fn record(&mut self, endpoint_answered: bool) {
-        if endpoint_answered {
-            self.consecutive_failures = 0;
-        } else {
-            self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+    fn record(&mut self, outcome: &Result<(), SinkError>) {
+        match outcome {
+            Err(e) if e.is_retryable() => {
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                if let SinkError::Http { detail, .. } = e {
+                    self.last_failure = Some(detail.clone());
+                }
+            }
+            _ => self.consecutive_failures = 0,
         }
     }
 
