@@ -1,0 +1,129 @@
+//! SIGHUP reloads the rule file through the same step as the watcher: a changed file applies
+//! with one INFO line, an unchanged one still gets an answer in the log, an invalid one is
+//! rejected with its position. The watcher's debounce is set to an hour here, so that only the
+//! signal can be what reloaded.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+fn rules(names: &[&str]) -> String {
+    let mut out = String::from("connections:\n  default: { url: \"${REDIS_URL}\" }\nrules:\n");
+    for name in names {
+        out.push_str(&format!(
+            "  - name: {name}\n    source: {{ channel: \"in:{name}\" }}\n    sinks: [ {{ stream: \"out:{name}\" }} ]\n"
+        ));
+    }
+    out
+}
+
+struct Router {
+    child: Child,
+    log: PathBuf,
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Router {
+    fn start(yaml: &str, url: &str) -> Router {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("routes.yaml");
+        std::fs::write(&file, yaml).expect("write rules");
+        let log = dir.path().join("router.log");
+        let child = Command::new(router_bin())
+            .arg("run")
+            .arg("-c")
+            .arg(&file)
+            .env("REDIS_URL", url)
+            .env("REDIS_ROUTER_RELOAD_DEBOUNCE", "1h")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn redis-router");
+        Router {
+            child,
+            log,
+            file,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn hup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    async fn wait_line(&self, what: &str, needles: &[&str]) -> String {
+        wait_for(what, TIMEOUT, || async {
+            self.log()
+                .lines()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+                .map(str::to_string)
+        })
+        .await
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- router log ---\n{}", self.log());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_through_the_same_step() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    let router = Router::start(&rules(&["a"]), &redis.url());
+    router.wait_line("the router to start", &["Router started."]).await;
+    wait_subscribers(&mut conn, "in:a", 1).await;
+
+    std::fs::write(&router.file, rules(&["a", "b"])).unwrap();
+    router.hup();
+    let line = router
+        .wait_line("the reload", &["Rules reloaded.", " generation=2 "])
+        .await;
+    assert!(line.contains(" trigger=signal "), "{line}");
+    assert!(line.contains(r#" added=["b"] "#), "{line}");
+    wait_subscribers(&mut conn, "in:b", 1).await;
+
+    // Nothing changed: the signal still gets its line (and a generation), nothing restarts.
+    router.hup();
+    let line = router
+        .wait_line("the second reload", &["Rules reloaded.", " generation=3 "])
+        .await;
+    assert!(line.contains(" added=[] changed=[] removed=[] "), "{line}");
+
+    // Invalid: rejected with its position, generation stays.
+    std::fs::write(&router.file, rules(&["a", "b"]).replace("name: b", "nme: b")).unwrap();
+    router.hup();
+    let rejected = router
+        .wait_line("the rejection", &["Reload rejected; the running rules stay."])
+        .await;
+    assert!(rejected.contains(" generation=3"), "{rejected}");
+    let file = router.file.display().to_string();
+    let log = router.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains(&format!("{file}:7:5: "))),
+        "the mistake is reported at line 7 column 5:\n{log}"
+    );
+    assert_eq!(log.matches("Rules reloaded.").count(), 2);
+}
