@@ -66,5 +66,20 @@ async fn example_rules_route_both_scenarios() {
         humantime::parse_rfc3339(processed_at).is_ok(),
         "processed_at is RFC 3339: {processed_at}"
     );
+
+    // Both entries also became jobs of service B on its Laravel queue.
+    let jobs: Vec<String> = wait_for("two jobs for B", TIMEOUT, || {
+        let mut conn = conn.clone();
+        async move {
+            let jobs: Vec<String> = conn.lrange("laravel_database_queues:to-b", 0, -1).await.ok()?;
+            (jobs.len() == 2).then_some(jobs)
+        }
+    })
+    .await;
+    for (job, payload) in jobs.iter().zip(["early", "late"]) {
+        let view = redis_router::laravel::parse_job(job.as_bytes()).expect("a Laravel job");
+        assert_eq!(view.display_name.as_deref(), Some("App\\Jobs\\CALLP2"));
+        assert_eq!(view.data.as_ref().and_then(|d| d["payload"].as_str()), Some(payload));
+    }
     daemon.stop().await;
 }
