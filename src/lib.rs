@@ -11,6 +11,7 @@
 //! - [`laravel`]: Laravel's Redis queue wire format (job envelope, PHP serialize).
 //! - [`dlq`]: listing and replaying dead letters.
 //! - [`engine`]: the per-rule loop, dead letters, the supervisor and rule-set diffs.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/status` and the status page.
 //! - [`redis_conn`]: how connections are opened (timeouts, TCP_NODELAY, prefixes).
 //! - [`stats`]: per-rule counters.
 
@@ -21,6 +22,7 @@ pub mod config;
 pub mod dlq;
 pub mod engine;
 pub mod filter;
+pub mod http;
 pub mod laravel;
 pub mod message;
 pub mod redis_conn;

@@ -2,8 +2,60 @@
 //! and the HTTP endpoint. Plain atomics, so counting costs no lock on the hot path.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the delivery latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A fixed-bucket histogram on atomics (Prometheus semantics: cumulative at render time).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    /// Record one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bucket bound, then the sum in seconds and the count.
+    pub fn snapshot(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let mut acc = 0;
+        let buckets = LATENCY_BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(bound, n)| {
+                acc += n.load(Ordering::Relaxed);
+                (*bound, acc)
+            })
+            .collect();
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (buckets, sum, self.count.load(Ordering::Relaxed))
+    }
+}
+
+/// Counters of one sink of a rule.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Messages the sink took.
+    pub delivered: AtomicU64,
+    /// Messages sent to it again after a transient failure.
+    pub retried: AtomicU64,
+    /// Messages dead-lettered because of it.
+    pub dead_lettered: AtomicU64,
+}
 
 /// Counters of one rule. Shared between the rule's task, its source's reader and observers.
 #[derive(Debug, Default)]
@@ -26,9 +78,34 @@ pub struct RuleStats {
     pub deleted_while_pending: AtomicU64,
     /// Source read errors.
     pub source_errors: AtomicU64,
+    /// Messages read and not yet finished (a gauge).
+    pub in_flight: AtomicU64,
+    /// From receipt to the last sink's acknowledgement, per delivered message.
+    pub latency: Histogram,
+    /// Stream rules: entries not yet read by the group (XINFO GROUPS `lag`), sampled.
+    pub stream_lag: AtomicI64,
+    /// Stream rules: entries read and not acknowledged by the group, sampled.
+    pub stream_pending: AtomicI64,
+    sinks: Mutex<Vec<(String, Arc<SinkStats>)>>,
 }
 
 impl RuleStats {
+    /// The counters of the sink labelled `label` (`stream processed_stream`), created on use.
+    pub fn sink(&self, label: &str) -> Arc<SinkStats> {
+        let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, s)) = sinks.iter().find(|(l, _)| l == label) {
+            return s.clone();
+        }
+        let s = Arc::new(SinkStats::default());
+        sinks.push((label.to_string(), s.clone()));
+        s
+    }
+
+    /// Every sink's counters, by label.
+    pub fn sinks(&self) -> Vec<(String, Arc<SinkStats>)> {
+        self.sinks.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Add `n` to a counter.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
@@ -47,6 +124,7 @@ impl RuleStats {
             ("reconnects", get(&self.reconnects)),
             ("deleted_while_pending", get(&self.deleted_while_pending)),
             ("source_errors", get(&self.source_errors)),
+            ("in_flight", get(&self.in_flight)),
         ])
     }
 }

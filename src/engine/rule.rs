@@ -17,7 +17,7 @@ use crate::config::{ErrorPolicy, RuleSpec};
 use crate::message::Message;
 use crate::sink::{Sink, SinkError};
 use crate::source::Source;
-use crate::stats::{RuleState, RuleStats, RuleStatus};
+use crate::stats::{RuleState, RuleStats, RuleStatus, SinkStats};
 
 /// How a rule task ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +108,7 @@ pub async fn run_rule(
     stats: Arc<RuleStats>,
     status: Arc<RuleStatus>,
 ) -> RuleExit {
-    let exit = run_rule_inner(spec, token, stats, &status).await;
+    let exit = run_rule_inner(spec, token, stats, status.clone()).await;
     status.set(RuleState::Stopped);
     exit
 }
@@ -117,10 +117,14 @@ async fn run_rule_inner(
     spec: Arc<RuleSpec>,
     token: CancellationToken,
     stats: Arc<RuleStats>,
-    status: &RuleStatus,
+    status: Arc<RuleStatus>,
 ) -> RuleExit {
     let rule: Arc<str> = Arc::from(spec.name.as_str());
-    let Some(mut source) = until_ok(&token, "source", || Source::open(&spec.source, &rule, stats.clone())).await else {
+    let Some(mut source) = until_ok(&token, "source", || {
+        Source::open(&spec.source, &rule, stats.clone(), status.clone())
+    })
+    .await
+    else {
         return RuleExit::Cancelled;
     };
     let mut sinks = Vec::with_capacity(spec.sinks.len());
@@ -139,11 +143,14 @@ async fn run_rule_inner(
         source.close().await;
         return RuleExit::Cancelled;
     };
+    let sink_stats = sinks.iter().map(|s| stats.sink(s.label())).collect();
     let mut rule_loop = RuleLoop {
         spec: spec.clone(),
         sinks,
+        sink_stats,
         dead,
         stats,
+        status: status.clone(),
         token: token.clone(),
     };
     status.set(RuleState::Running);
@@ -207,9 +214,30 @@ async fn run_rule_inner(
 struct RuleLoop {
     spec: Arc<RuleSpec>,
     sinks: Vec<Sink>,
+    /// Counters of each sink, in the order of `sinks`.
+    sink_stats: Vec<Arc<SinkStats>>,
     dead: DeadLetters,
     stats: Arc<RuleStats>,
+    status: Arc<RuleStatus>,
     token: CancellationToken,
+}
+
+/// Keeps the rule's in-flight gauge right on every way out of `process`.
+struct InFlight<'a>(&'a RuleStats, u64);
+
+impl<'a> InFlight<'a> {
+    fn new(stats: &'a RuleStats, n: usize) -> InFlight<'a> {
+        stats
+            .in_flight
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        InFlight(stats, n as u64)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(self.1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A message of the batch that goes to the dead-letter stream instead of (some of) its sinks.
@@ -235,6 +263,8 @@ impl RuleLoop {
     /// Handle one batch; false when cancelled before the batch could be finished (it stays
     /// unacknowledged and the source delivers it again).
     async fn process(&mut self, source: &mut Source, batch: Vec<Message>) -> bool {
+        let stats = self.stats.clone();
+        let _in_flight = InFlight::new(&stats, batch.len());
         let mut dead: Vec<Doomed> = Vec::new();
         // Transformed copies live here; `outgoing` points into it or into `batch`.
         let mut transformed: Vec<(usize, Message)> = Vec::new();
@@ -304,6 +334,7 @@ impl RuleLoop {
                         Some(Ok(false)) => {}
                         Some(Err(e)) => {
                             failed_any[j] = true;
+                            RuleStats::add(&self.sink_stats[s].dead_lettered, 1);
                             dead.push(Doomed {
                                 index: passing[j],
                                 reason: format!("sink filter: {e}"),
@@ -319,8 +350,8 @@ impl RuleLoop {
                 }
                 per_sink.push(takes);
             }
-            let stats = &self.stats;
             let token = &self.token;
+            let status = &*self.status;
             let subsets: Vec<Vec<&Message>> = per_sink
                 .iter()
                 .map(|takes| takes.iter().map(|&j| outgoing[j]).collect())
@@ -330,13 +361,19 @@ impl RuleLoop {
                     .iter_mut()
                     .zip(&self.spec.sinks)
                     .zip(&subsets)
-                    .map(|((sink, spec), subset)| deliver(sink, &spec.on_error, subset, token, stats)),
+                    .zip(&self.sink_stats)
+                    .map(|(((sink, spec), subset), counters)| {
+                        deliver(sink, &spec.on_error, subset, token, counters, status)
+                    }),
             )
             .await;
             for (s, outcome) in outcomes.into_iter().enumerate() {
                 match outcome {
                     SinkOutcome::Cancelled => return false,
                     SinkOutcome::Done(failures) => {
+                        let counters = &self.sink_stats[s];
+                        RuleStats::add(&counters.delivered, (subsets[s].len() - failures.len()) as u64);
+                        RuleStats::add(&counters.dead_lettered, failures.len() as u64);
                         for (local, err, attempts) in failures {
                             let j = per_sink[s][local];
                             failed_any[j] = true;
@@ -397,6 +434,16 @@ impl RuleLoop {
             RuleStats::add(&self.stats.dead_lettered, dead.len() as u64);
         }
         RuleStats::add(&self.stats.delivered, delivered as u64);
+        for (j, msg) in outgoing.iter().enumerate() {
+            if taken[j] && !failed_any[j] {
+                self.stats
+                    .latency
+                    .observe(msg.meta.received.elapsed().unwrap_or_default());
+            }
+        }
+        if self.status.get() == RuleState::Retrying {
+            self.status.set(RuleState::Running);
+        }
         let mut retry = Retry::default();
         while let Err(e) = source.ack(&batch).await {
             if !retry.wait(&self.token, "Acknowledging the batch", &e).await {
@@ -414,7 +461,8 @@ async fn deliver(
     policy: &ErrorPolicy,
     batch: &[&Message],
     token: &CancellationToken,
-    stats: &RuleStats,
+    counters: &SinkStats,
+    status: &RuleStatus,
 ) -> SinkOutcome {
     if batch.is_empty() {
         return SinkOutcome::Done(Vec::new());
@@ -444,7 +492,11 @@ async fn deliver(
         if retry.is_empty() {
             return SinkOutcome::Done(failed);
         }
-        RuleStats::add(&stats.retried, retry.len() as u64);
+        RuleStats::add(&counters.retried, retry.len() as u64);
+        status.set(RuleState::Retrying);
+        if let Some(e) = &last_error {
+            status.set_error(e.to_string());
+        }
         // The endpoint's Retry-After wins over a shorter backoff step.
         let delay = backoff_delay(policy.backoff, policy.max_backoff, attempt).max(wait_at_least);
         warn!(

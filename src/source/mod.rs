@@ -17,7 +17,7 @@ pub use stream::StreamSource;
 
 use crate::config::{SourceSpec, SourceSpecKind};
 use crate::message::Message;
-use crate::stats::RuleStats;
+use crate::stats::{RuleStats, RuleStatus};
 
 /// Why a source could not read.
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +68,16 @@ impl Source {
     ///
     /// # Errors
     /// When Redis cannot be reached or refuses the setup (the caller retries with backoff).
-    pub async fn open(spec: &SourceSpec, rule: &Arc<str>, stats: Arc<RuleStats>) -> Result<Source, SourceError> {
+    /// A Pub/Sub source reports its disconnections on `status`.
+    pub async fn open(
+        spec: &SourceSpec,
+        rule: &Arc<str>,
+        stats: Arc<RuleStats>,
+        status: Arc<RuleStatus>,
+    ) -> Result<Source, SourceError> {
         Ok(match &spec.kind {
             SourceSpecKind::Channel { .. } | SourceSpecKind::Pattern { .. } => {
-                Source::PubSub(PubSubSource::open(spec, rule.clone(), stats).await?)
+                Source::PubSub(PubSubSource::open(spec, rule.clone(), stats, status).await?)
             }
             SourceSpecKind::Stream { .. } => Source::Stream(StreamSource::open(spec, rule.clone(), stats).await?),
             SourceSpecKind::Queue { .. } => Source::List(ListSource::open(spec, rule.clone(), stats).await?),

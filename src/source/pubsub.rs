@@ -23,7 +23,7 @@ use super::SourceError;
 use crate::config::{ConnectionSpec, Overflow, SourceSpec, SourceSpecKind};
 use crate::message::{Body, Message, Meta, SourceKind};
 use crate::redis_conn;
-use crate::stats::RuleStats;
+use crate::stats::{RuleState, RuleStats, RuleStatus};
 
 /// Messages handed to the rule per batch.
 const BATCH: usize = 100;
@@ -146,7 +146,12 @@ impl PubSubSource {
     ///
     /// # Errors
     /// When the first connection or subscription fails.
-    pub async fn open(spec: &SourceSpec, rule: Arc<str>, stats: Arc<RuleStats>) -> Result<PubSubSource, SourceError> {
+    pub async fn open(
+        spec: &SourceSpec,
+        rule: Arc<str>,
+        stats: Arc<RuleStats>,
+        status: Arc<RuleStatus>,
+    ) -> Result<PubSubSource, SourceError> {
         let (name, pattern, buffer, overflow) = match &spec.kind {
             SourceSpecKind::Channel {
                 channel,
@@ -184,7 +189,7 @@ impl PubSubSource {
             overflow_log: Mutex::new((None, 0)),
         });
         let stop = CancellationToken::new();
-        let task = tokio::spawn(read_loop(pubsub, sub, shared.clone(), stop.clone()).in_current_span());
+        let task = tokio::spawn(read_loop(pubsub, sub, shared.clone(), stop.clone(), status).in_current_span());
         Ok(PubSubSource { shared, stop, task })
     }
 
@@ -235,7 +240,13 @@ impl PubSubSource {
     }
 }
 
-async fn read_loop(mut pubsub: redis::aio::PubSub, sub: Subscription, shared: Arc<Shared>, stop: CancellationToken) {
+async fn read_loop(
+    mut pubsub: redis::aio::PubSub,
+    sub: Subscription,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    status: Arc<RuleStatus>,
+) {
     loop {
         {
             let mut messages = pubsub.on_message();
@@ -269,6 +280,10 @@ async fn read_loop(mut pubsub: redis::aio::PubSub, sub: Subscription, shared: Ar
             }
         }
         let down_since = Instant::now();
+        if status.get() == RuleState::Running {
+            status.set(RuleState::Retrying);
+        }
+        status.set_error("Pub/Sub subscription lost; resubscribing".into());
         warn!(channel = %sub.name, "Subscription lost; messages published until it is back are missed. Reconnecting.");
         let mut delay = FIRST_RECONNECT_DELAY;
         pubsub = loop {
@@ -283,6 +298,9 @@ async fn read_loop(mut pubsub: redis::aio::PubSub, sub: Subscription, shared: Ar
             delay = (delay * 2).min(MAX_RECONNECT_DELAY);
         };
         RuleStats::add(&shared.stats.reconnects, 1);
+        if status.get() == RuleState::Retrying {
+            status.set(RuleState::Running);
+        }
         info!(
             channel = %sub.name,
             down_ms = down_since.elapsed().as_millis() as u64,

@@ -63,6 +63,8 @@ pub struct StreamSource {
     next_claim: Instant,
     /// XAUTOCLAIM cursor, `0-0` between sweeps.
     claim_cursor: String,
+    /// When to sample the group's lag and pending count next.
+    next_sample: Instant,
 }
 
 /// The name this host uses as a consumer when the rule gives none: stable across restarts, so
@@ -134,6 +136,7 @@ impl StreamSource {
             max_deliveries: *max_deliveries,
             next_claim: Instant::now(),
             claim_cursor: "0-0".into(),
+            next_sample: Instant::now(),
         };
         match &source.mode {
             Mode::Group { .. } => source.ensure_group().await?,
@@ -362,8 +365,66 @@ impl StreamSource {
         Ok(parse_pending(reply).into_iter().collect())
     }
 
+    /// Sample the group's `lag` and `pending` (XINFO GROUPS) into the rule's gauges, at most
+    /// every [`SAMPLE_INTERVAL`]; a failure here only skips the sample.
+    async fn sample_group(&mut self) {
+        let Mode::Group { group, .. } = &self.mode else { return };
+        if Instant::now() < self.next_sample {
+            return;
+        }
+        self.next_sample = Instant::now() + SAMPLE_INTERVAL;
+        let group = group.clone();
+        let Ok(Value::Array(groups)) = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.key)
+            .query_async::<Value>(&mut self.conn)
+            .await
+        else {
+            return;
+        };
+        for g in groups {
+            let pairs: Vec<(String, Value)> = match g {
+                Value::Array(flat) => {
+                    let mut it = flat.into_iter();
+                    let mut out = Vec::new();
+                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                        if let Some(k) = bulk(k).and_then(|b| String::from_utf8(b).ok()) {
+                            out.push((k, v));
+                        }
+                    }
+                    out
+                }
+                Value::Map(map) => map
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((bulk(k).and_then(|b| String::from_utf8(b).ok())?, v)))
+                    .collect(),
+                _ => continue,
+            };
+            let name = pairs.iter().find(|(k, _)| k == "name").and_then(|(_, v)| match v {
+                Value::BulkString(b) => std::str::from_utf8(b).ok().map(str::to_string),
+                Value::SimpleString(s) => Some(s.clone()),
+                _ => None,
+            });
+            if name.as_deref() != Some(group.as_str()) {
+                continue;
+            }
+            for (k, v) in pairs {
+                let n = match v {
+                    Value::Int(n) => n,
+                    _ => continue,
+                };
+                match k.as_str() {
+                    "lag" => self.stats.stream_lag.store(n, std::sync::atomic::Ordering::Relaxed),
+                    "pending" => self.stats.stream_pending.store(n, std::sync::atomic::Ordering::Relaxed),
+                    _ => {}
+                }
+            }
+        }
+    }
+
     /// New entries: XREADGROUP `>` (group) or XREAD after the last id (tail).
     async fn read_new(&mut self) -> Result<Vec<Message>, SourceError> {
+        self.sample_group().await;
         let block_ms = self.block.as_millis() as u64;
         let cmd = match &self.mode {
             Mode::Group { group, consumer, .. } => {
@@ -537,6 +598,9 @@ fn parse_pending(v: Value) -> Vec<(String, u64)> {
         })
         .collect()
 }
+
+/// How often a group reader samples its lag and pending count for metrics.
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How often a group reader looks for entries to claim: half the idle time, within bounds.
 fn claim_interval(claim_idle: Duration) -> Duration {

@@ -1,0 +1,437 @@
+//! The HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`, `/status` (JSON) and
+//! `/` (a small status page that polls `/status`).
+//!
+//! Off unless `http.listen` or `--listen` asks for it. It only reads: counters, rule states and
+//! the reload state; it cannot change anything, and it never shows a password (URLs are masked,
+//! errors are scrubbed of `scheme://user:pass@` credentials).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{RuleSpec, SourceSpecKind, mask_url};
+use crate::engine::reload::ReloadStats;
+use crate::stats::{RuleState, RuleStats, RuleStatus, StatsRegistry};
+
+/// What the endpoint reads.
+pub struct HttpState {
+    /// Every rule's counters.
+    pub stats: StatsRegistry,
+    /// Generation, hash, reload counters and the running rule instances.
+    pub reloads: Arc<ReloadStats>,
+    /// Cancelled when the router starts shutting down: `/readyz` answers 503 from then on.
+    pub draining: CancellationToken,
+}
+
+/// Serve until `stop` is cancelled.
+///
+/// # Errors
+/// When the listener fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<HttpState>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/", get(page))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
+type Running = Vec<(Arc<RuleSpec>, Arc<RuleStatus>)>;
+
+/// The current instance of each rule (during a hand-over the newest one, which is last).
+fn current_rules(reloads: &ReloadStats) -> Running {
+    let mut out: Running = Vec::new();
+    for (spec, status) in reloads.rules() {
+        match out.iter_mut().find(|(s, _)| s.name == spec.name) {
+            Some(slot) => *slot = (spec, status),
+            None => out.push((spec, status)),
+        }
+    }
+    out
+}
+
+async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
+    if state.draining.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n").into_response();
+    }
+    let rules = current_rules(&state.reloads);
+    let waiting: Vec<String> = rules
+        .iter()
+        .filter(|(_, st)| st.get() != RuleState::Running)
+        .map(|(spec, st)| format!("{} ({})", spec.name, st.get().as_str()))
+        .collect();
+    if rules.is_empty() {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no rules running yet\n").into_response()
+    } else if waiting.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", waiting.join(", ")),
+        )
+            .into_response()
+    }
+}
+
+/// Replace `user:pass@` after any `://` in free text by `user:***@`.
+pub fn scrub(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("://") {
+        let start = rest[..pos]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.'))
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        out.push_str(&rest[..start]);
+        let url_end = rest[pos..]
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == ')' || c == ',')
+            .map(|i| pos + i)
+            .unwrap_or(rest.len());
+        out.push_str(&mask_url(&rest[start..url_end]));
+        rest = &rest[url_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn counters(stats: &RuleStats) -> Value {
+    let mut map = serde_json::Map::new();
+    for (k, v) in stats.snapshot() {
+        map.insert(k.to_string(), json!(v));
+    }
+    Value::Object(map)
+}
+
+async fn status(State(state): State<Arc<HttpState>>) -> Response {
+    let reloads = &state.reloads;
+    let mut connections: Vec<Value> = Vec::new();
+    let rules: Vec<Value> = current_rules(reloads)
+        .into_iter()
+        .map(|(spec, st)| {
+            for c in std::iter::once(&spec.source.connection).chain(spec.sinks.iter().map(|s| &s.connection)) {
+                if !connections.iter().any(|v| v["name"] == c.name.as_str()) {
+                    connections.push(json!({ "name": c.name, "url": c.masked_url(), "prefix": c.prefix }));
+                }
+            }
+            let stats = state.stats.rule(&spec.name);
+            let sinks: Vec<Value> = spec
+                .sinks
+                .iter()
+                .map(|s| {
+                    let label = s.kind.to_string();
+                    let c = stats.sink(&label);
+                    json!({
+                        "sink": scrub(&label),
+                        "delivered": c.delivered.load(Ordering::Relaxed),
+                        "retried": c.retried.load(Ordering::Relaxed),
+                        "dead_lettered": c.dead_lettered.load(Ordering::Relaxed),
+                    })
+                })
+                .collect();
+            let mut rule = json!({
+                "name": spec.name,
+                "state": st.get().as_str(),
+                "source": spec.source.kind.to_string(),
+                "sinks": sinks,
+                "last_error": st.last_error().map(|e| scrub(&e)),
+                "counters": counters(&stats),
+            });
+            if is_group_stream(&spec) {
+                rule["stream"] = json!({
+                    "lag": stats.stream_lag.load(Ordering::Relaxed),
+                    "pending": stats.stream_pending.load(Ordering::Relaxed),
+                });
+            }
+            rule
+        })
+        .collect();
+    let body = json!({
+        "generation": ReloadStats::get(&reloads.generation),
+        "hash": reloads.hash(),
+        "draining": state.draining.is_cancelled(),
+        "reloads": {
+            "applied": ReloadStats::get(&reloads.applied),
+            "rejected": ReloadStats::get(&reloads.rejected),
+            "unchanged": ReloadStats::get(&reloads.unchanged),
+        },
+        "connections": connections,
+        "rules": rules,
+    });
+    axum::Json(body).into_response()
+}
+
+fn is_group_stream(spec: &RuleSpec) -> bool {
+    matches!(&spec.source.kind, SourceSpecKind::Stream { group: Some(_), .. })
+}
+
+/// A Prometheus label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    let body = render_metrics(&state);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// The Prometheus text exposition of every counter.
+pub fn render_metrics(state: &HttpState) -> String {
+    let mut out = String::new();
+    let all = state.stats.all();
+    let rule_counters: [(&str, &str, fn(&RuleStats) -> u64); 7] = [
+        ("received_total", "Messages read from the rule's source.", |s| {
+            s.received.load(Ordering::Relaxed)
+        }),
+        (
+            "filtered_out_total",
+            "Messages the filters let through to no sink.",
+            |s| s.filtered_out.load(Ordering::Relaxed),
+        ),
+        (
+            "delivered_total",
+            "Messages every sink that took them delivered.",
+            |s| s.delivered.load(Ordering::Relaxed),
+        ),
+        ("dead_lettered_total", "Dead letters written for the rule.", |s| {
+            s.dead_lettered.load(Ordering::Relaxed)
+        }),
+        ("overflowed_total", "Pub/Sub messages dropped on a full buffer.", |s| {
+            s.overflowed.load(Ordering::Relaxed)
+        }),
+        (
+            "pubsub_reconnects_total",
+            "Pub/Sub resubscriptions after a lost connection.",
+            |s| s.reconnects.load(Ordering::Relaxed),
+        ),
+        (
+            "deleted_while_pending_total",
+            "Stream entries deleted while pending, acknowledged.",
+            |s| s.deleted_while_pending.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, get) in rule_counters {
+        let _ = writeln!(
+            out,
+            "# HELP redis_router_{name} {help}\n# TYPE redis_router_{name} counter"
+        );
+        for (rule, stats) in &all {
+            let _ = writeln!(out, "redis_router_{name}{{rule=\"{}\"}} {}", label(rule), get(stats));
+        }
+    }
+    let sink_counters: [(&str, &str, fn(&crate::stats::SinkStats) -> u64); 3] = [
+        ("sink_delivered_total", "Messages the sink took.", |s| {
+            s.delivered.load(Ordering::Relaxed)
+        }),
+        (
+            "sink_retried_total",
+            "Messages sent to the sink again after a transient failure.",
+            |s| s.retried.load(Ordering::Relaxed),
+        ),
+        (
+            "sink_dead_lettered_total",
+            "Messages dead-lettered because of the sink.",
+            |s| s.dead_lettered.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, get) in sink_counters {
+        let _ = writeln!(
+            out,
+            "# HELP redis_router_{name} {help}\n# TYPE redis_router_{name} counter"
+        );
+        for (rule, stats) in &all {
+            for (sink, s) in stats.sinks() {
+                let _ = writeln!(
+                    out,
+                    "redis_router_{name}{{rule=\"{}\",sink=\"{}\"}} {}",
+                    label(rule),
+                    label(&scrub(&sink)),
+                    get(&s)
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP redis_router_in_flight Messages read and not yet finished.\n# TYPE redis_router_in_flight gauge"
+    );
+    for (rule, stats) in &all {
+        let _ = writeln!(
+            out,
+            "redis_router_in_flight{{rule=\"{}\"}} {}",
+            label(rule),
+            stats.in_flight.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP redis_router_delivery_seconds From receipt to the last sink's acknowledgement.\n# TYPE redis_router_delivery_seconds histogram"
+    );
+    for (rule, stats) in &all {
+        let (buckets, sum, count) = stats.latency.snapshot();
+        let r = label(rule);
+        for (bound, n) in buckets {
+            let _ = writeln!(
+                out,
+                "redis_router_delivery_seconds_bucket{{rule=\"{r}\",le=\"{bound}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "redis_router_delivery_seconds_bucket{{rule=\"{r}\",le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(out, "redis_router_delivery_seconds_sum{{rule=\"{r}\"}} {sum}");
+        let _ = writeln!(out, "redis_router_delivery_seconds_count{{rule=\"{r}\"}} {count}");
+    }
+    let running = current_rules(&state.reloads);
+    let _ = writeln!(
+        out,
+        "# HELP redis_router_stream_lag Entries the rule's consumer group has not read yet.\n# TYPE redis_router_stream_lag gauge"
+    );
+    for (spec, _) in running.iter().filter(|(s, _)| is_group_stream(s)) {
+        let stats = state.stats.rule(&spec.name);
+        let _ = writeln!(
+            out,
+            "redis_router_stream_lag{{rule=\"{}\"}} {}",
+            label(&spec.name),
+            stats.stream_lag.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP redis_router_stream_pending Entries read by the group and not acknowledged.\n# TYPE redis_router_stream_pending gauge"
+    );
+    for (spec, _) in running.iter().filter(|(s, _)| is_group_stream(s)) {
+        let stats = state.stats.rule(&spec.name);
+        let _ = writeln!(
+            out,
+            "redis_router_stream_pending{{rule=\"{}\"}} {}",
+            label(&spec.name),
+            stats.stream_pending.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP redis_router_rule_up 1 while the rule runs with its source connected.\n# TYPE redis_router_rule_up gauge"
+    );
+    for (spec, st) in &running {
+        let up = u8::from(st.get() == RuleState::Running);
+        let _ = writeln!(out, "redis_router_rule_up{{rule=\"{}\"}} {up}", label(&spec.name));
+    }
+    let r = &state.reloads;
+    let _ = writeln!(
+        out,
+        "# HELP redis_router_reloads_total Rule file reloads by result.\n# TYPE redis_router_reloads_total counter\nredis_router_reloads_total{{result=\"applied\"}} {}\nredis_router_reloads_total{{result=\"rejected\"}} {}\nredis_router_reloads_total{{result=\"unchanged\"}} {}",
+        ReloadStats::get(&r.applied),
+        ReloadStats::get(&r.rejected),
+        ReloadStats::get(&r.unchanged)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP redis_router_config_generation Generation of the running rule set (1 at start).\n# TYPE redis_router_config_generation gauge\nredis_router_config_generation {}",
+        ReloadStats::get(&r.generation)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP redis_router_pubsub_overlap_duplicates_total Upper bound on Pub/Sub messages delivered twice during reload hand-overs.\n# TYPE redis_router_pubsub_overlap_duplicates_total counter\nredis_router_pubsub_overlap_duplicates_total {}",
+        ReloadStats::get(&r.pubsub_overlap_duplicates)
+    );
+    out
+}
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+/// The status page: plain HTML and a little script polling `/status` every second.
+const PAGE: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>redis-router</title>
+<style>
+  body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
+  h1 { font-size: 1.3em; margin: 0 0 .2em; }
+  #meta { color: #666; margin-bottom: 1em; }
+  table { border-collapse: collapse; width: 100%; }
+  th, td { text-align: left; padding: .35em .6em; border-bottom: 1px solid #ddd; vertical-align: top; }
+  th { background: #f4f4f4; }
+  td.num { text-align: right; font-variant-numeric: tabular-nums; }
+  .running { color: #197a2b; } .retrying, .starting { color: #b36b00; } .draining, .stopped { color: #999; }
+  .err { color: #b00020; font-size: .9em; }
+</style>
+</head>
+<body>
+<h1>redis-router</h1>
+<div id="meta">loading…</div>
+<table>
+  <thead><tr><th>rule</th><th>source → sinks</th><th>state</th><th>received</th><th>delivered</th><th>msg/s</th><th>dead letters</th><th>last error</th></tr></thead>
+  <tbody id="rules"></tbody>
+</table>
+<script>
+let last = {};
+function cell(text, cls) { const td = document.createElement('td'); td.textContent = text; if (cls) td.className = cls; return td; }
+async function refresh() {
+  try {
+    const s = await (await fetch('/status', {cache: 'no-store'})).json();
+    document.getElementById('meta').textContent =
+      `generation ${s.generation} · file ${s.hash} · reloads ${s.reloads.applied} applied, ${s.reloads.rejected} rejected` +
+      (s.draining ? ' · draining' : '');
+    const now = Date.now();
+    const body = document.getElementById('rules');
+    body.replaceChildren();
+    for (const r of s.rules) {
+      const c = r.counters;
+      const prev = last[r.name];
+      const rate = prev ? ((c.delivered - prev.delivered) * 1000 / (now - prev.at)) : 0;
+      last[r.name] = { delivered: c.delivered, at: now };
+      const tr = document.createElement('tr');
+      tr.dataset.rule = r.name;
+      tr.append(cell(r.name), cell(r.source + ' → ' + r.sinks.map(x => x.sink).join(', ')), cell(r.state, r.state),
+        cell(c.received, 'num received'), cell(c.delivered, 'num delivered'), cell(rate.toFixed(1), 'num'),
+        cell(c.dead_lettered, 'num'), cell(r.last_error || '', 'err'));
+      body.append(tr);
+    }
+  } catch (e) {
+    document.getElementById('meta').textContent = 'router unreachable: ' + e;
+  }
+}
+refresh();
+setInterval(refresh, 1000);
+</script>
+</body>
+</html>
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrubs_credentials_in_text() {
+        assert_eq!(
+            scrub("connect to redis://app:hunter2@db:6379/0 failed (rediss://:pw@x)"),
+            "connect to redis://app:***@db:6379/0 failed (rediss://:***@x)"
+        );
+        assert_eq!(scrub("no url here"), "no url here");
+    }
+}
