@@ -194,11 +194,14 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
         .into_response()
 }
 
+/// A metric name (after `redis_router_`), its help text, and how to read it.
+type Counter<T> = (&'static str, &'static str, fn(&T) -> u64);
+
 /// The Prometheus text exposition of every counter.
 pub fn render_metrics(state: &HttpState) -> String {
     let mut out = String::new();
     let all = state.stats.all();
-    let rule_counters: [(&str, &str, fn(&RuleStats) -> u64); 7] = [
+    let rule_counters: [Counter<RuleStats>; 7] = [
         ("received_total", "Messages read from the rule's source.", |s| {
             s.received.load(Ordering::Relaxed)
         }),
@@ -238,7 +241,7 @@ pub fn render_metrics(state: &HttpState) -> String {
             let _ = writeln!(out, "redis_router_{name}{{rule=\"{}\"}} {}", label(rule), get(stats));
         }
     }
-    let sink_counters: [(&str, &str, fn(&crate::stats::SinkStats) -> u64); 3] = [
+    let sink_counters: [Counter<crate::stats::SinkStats>; 3] = [
         ("sink_delivered_total", "Messages the sink took.", |s| {
             s.delivered.load(Ordering::Relaxed)
         }),
