@@ -363,7 +363,7 @@ impl RuleLoop {
                     .zip(&subsets)
                     .zip(&self.sink_stats)
                     .map(|(((sink, spec), subset), counters)| {
-                        deliver(sink, &spec.on_error, subset, token, counters, status)
+                        deliver(sink, &spec.on_error, subset, token, (&stats, counters), status)
                     }),
             )
             .await;
@@ -461,7 +461,7 @@ async fn deliver(
     policy: &ErrorPolicy,
     batch: &[&Message],
     token: &CancellationToken,
-    counters: &SinkStats,
+    (rule_counters, counters): (&RuleStats, &SinkStats),
     status: &RuleStatus,
 ) -> SinkOutcome {
     if batch.is_empty() {
@@ -493,6 +493,7 @@ async fn deliver(
             return SinkOutcome::Done(failed);
         }
         RuleStats::add(&counters.retried, retry.len() as u64);
+        RuleStats::add(&rule_counters.retried, retry.len() as u64);
         status.set(RuleState::Retrying);
         if let Some(e) = &last_error {
             status.set_error(e.to_string());
