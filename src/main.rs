@@ -52,6 +52,16 @@ enum Command {
         /// How long stopping rules may take to finish what they hold.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         drain_timeout: Duration,
+        /// Serve /metrics, /healthz, /readyz, /status and the status page here (overrides
+        /// `http.listen` of the file).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Read and filter for real, print what each sink would write, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long the file must be quiet after a change before it is reloaded.
+        #[arg(long, env = "REDIS_ROUTER_RELOAD_DEBOUNCE", value_parser = humantime::parse_duration)]
+        reload_debounce: Option<Duration>,
     },
     /// Check a rule file: print every mistake, or one line per rule.
     Check {
@@ -122,7 +132,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config, drain_timeout } => {
+        Command::Run {
+            config,
+            drain_timeout,
+            listen,
+            dry_run,
+            reload_debounce,
+        } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -130,7 +146,13 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(&config, drain_timeout)) {
+            let options = RunOptions {
+                drain_timeout,
+                listen,
+                dry_run,
+                reload_debounce,
+            };
+            match runtime.block_on(run(&config, options)) {
                 Ok(code) => code,
                 Err(e) => {
                     error!("{e:#}");
@@ -217,16 +239,25 @@ fn check(file: &Path) -> ExitCode {
     }
 }
 
-async fn run(path: &Path, drain_timeout: Duration) -> anyhow::Result<ExitCode> {
+/// Options of `run`.
+struct RunOptions {
+    drain_timeout: Duration,
+    listen: Option<std::net::SocketAddr>,
+    dry_run: bool,
+    reload_debounce: Option<Duration>,
+}
+
+async fn run(path: &Path, options: RunOptions) -> anyhow::Result<ExitCode> {
     use redis_router::engine::{ConfigWatcher, ReloadTrigger, Reloader, watcher};
     use tokio::signal::unix::{SignalKind, signal};
 
-    // Until a `--reload-debounce` flag exists, the debounce comes from the environment.
-    let debounce = match std::env::var("REDIS_ROUTER_RELOAD_DEBOUNCE") {
-        Ok(text) => humantime::parse_duration(&text)
-            .with_context(|| format!("REDIS_ROUTER_RELOAD_DEBOUNCE={text:?} is not a duration"))?,
-        Err(_) => watcher::DEFAULT_DEBOUNCE,
-    };
+    let RunOptions {
+        drain_timeout,
+        listen,
+        dry_run,
+        reload_debounce,
+    } = options;
+    let debounce = reload_debounce.unwrap_or(watcher::DEFAULT_DEBOUNCE);
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -242,7 +273,8 @@ async fn run(path: &Path, drain_timeout: Duration) -> anyhow::Result<ExitCode> {
         }
     };
     let root = CancellationToken::new();
-    let supervisor = Supervisor::new(root.clone(), StatsRegistry::default(), drain_timeout);
+    let stats = StatsRegistry::default();
+    let supervisor = Supervisor::new(root.clone(), stats.clone(), drain_timeout).with_dry_run(dry_run);
     let mut reloader = match Reloader::start(path, supervisor).await {
         Ok(r) => r,
         Err(e) => {
@@ -256,6 +288,27 @@ async fn run(path: &Path, drain_timeout: Duration) -> anyhow::Result<ExitCode> {
         debounce_ms = debounce.as_millis() as u64,
         "Router started."
     );
+
+    // The HTTP endpoint: `--listen`, else the file's `http.listen` (read once, at start).
+    let draining = CancellationToken::new();
+    let listen = listen.or_else(|| config::load(path).ok().and_then(|set| set.http).map(|h| h.listen));
+    let http = match listen {
+        None => None,
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the HTTP endpoint on {addr}"))?;
+            info!(listen = %listener.local_addr().unwrap_or(addr), "Serving /metrics, /healthz, /readyz, /status.");
+            let state = std::sync::Arc::new(redis_router::http::HttpState {
+                stats,
+                reloads: reloader.stats(),
+                draining: draining.clone(),
+            });
+            let stop_http = CancellationToken::new();
+            let task = tokio::spawn(redis_router::http::serve(listener, state, stop_http.clone()));
+            Some((task, stop_http))
+        }
+    };
 
     let stop = CancellationToken::new();
     let signals = {
@@ -277,7 +330,12 @@ async fn run(path: &Path, drain_timeout: Duration) -> anyhow::Result<ExitCode> {
     // A reload in progress finishes before a stop signal is acted on.
     reloader.serve(&mut triggers, &stop).await;
     signals.abort();
+    draining.cancel();
     let aborted = reloader.shutdown().await;
+    if let Some((task, stop_http)) = http {
+        stop_http.cancel();
+        let _ = task.await;
+    }
     if aborted.is_empty() {
         info!("Stopped.");
     }

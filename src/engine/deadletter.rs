@@ -35,8 +35,8 @@ pub struct DeadLetter<'a> {
 
 /// Writes dead letters for one rule.
 pub struct DeadLetters {
-    conn: ConnectionManager,
-    connection: std::sync::Arc<ConnectionSpec>,
+    /// `None` in a dry run: dead letters are printed, not written.
+    conn: Option<(ConnectionManager, std::sync::Arc<ConnectionSpec>)>,
 }
 
 impl DeadLetters {
@@ -46,7 +46,14 @@ impl DeadLetters {
     /// When Redis cannot be reached now.
     pub async fn open(connection: std::sync::Arc<ConnectionSpec>) -> redis::RedisResult<DeadLetters> {
         let conn = redis_conn::manager(&connection, Duration::ZERO).await?;
-        Ok(DeadLetters { conn, connection })
+        Ok(DeadLetters {
+            conn: Some((conn, connection)),
+        })
+    }
+
+    /// Dead letters printed to standard output instead (`run --dry-run`).
+    pub fn printing() -> DeadLetters {
+        DeadLetters { conn: None }
     }
 
     /// Write a set of dead letters in one round trip and log each once.
@@ -57,6 +64,18 @@ impl DeadLetters {
         if letters.is_empty() {
             return Ok(());
         }
+        let Some((conn, connection)) = &mut self.conn else {
+            for l in letters {
+                println!(
+                    "dry-run rule={} dead-letter {}: reason=\"{}\" payload={}",
+                    l.message.meta.rule,
+                    l.stream,
+                    l.reason,
+                    String::from_utf8_lossy(l.message.raw())
+                );
+            }
+            return Ok(());
+        };
         let failed_at = now_rfc3339();
         let mut pipe = redis::pipe();
         for l in letters {
@@ -69,7 +88,7 @@ impl DeadLetters {
             };
             let cmd = pipe
                 .cmd("XADD")
-                .arg(redis_conn::prefixed(&self.connection, l.stream))
+                .arg(redis_conn::prefixed(connection, l.stream))
                 .arg("*")
                 .arg("rule")
                 .arg(&*m.meta.rule)
@@ -96,7 +115,7 @@ impl DeadLetters {
             }
             cmd.ignore();
         }
-        let _: () = pipe.query_async(&mut self.conn).await?;
+        let _: () = pipe.query_async(conn).await?;
         for l in letters {
             error!(
                 rule = %l.message.meta.rule,

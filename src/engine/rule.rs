@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::deadletter::{DeadLetter, DeadLetters};
-use crate::config::{ErrorPolicy, RuleSpec};
+use crate::config::{ErrorPolicy, RuleSpec, SourceSpecKind, StreamStart};
 use crate::message::Message;
 use crate::sink::{Sink, SinkError};
 use crate::source::Source;
@@ -98,6 +98,22 @@ impl Retry {
     }
 }
 
+/// The spec a dry run reads with: a consumer group would take entries from the real consumers,
+/// so a group stream is tailed from its newest entry instead. `None` for a queue source, which
+/// cannot be read without taking its elements.
+fn dry_run_spec(spec: &RuleSpec) -> Option<RuleSpec> {
+    let mut spec = spec.clone();
+    match &mut spec.source.kind {
+        SourceSpecKind::Queue { .. } => return None,
+        SourceSpecKind::Stream { group, start, .. } => {
+            *group = None;
+            *start = StreamStart::Newest;
+        }
+        SourceSpecKind::Channel { .. } | SourceSpecKind::Pattern { .. } => {}
+    }
+    Some(spec)
+}
+
 /// Run one rule until its token is cancelled.
 ///
 /// `status` follows the instance: `Running` once its source is open (a Pub/Sub source is then
@@ -107,8 +123,21 @@ pub async fn run_rule(
     token: CancellationToken,
     stats: Arc<RuleStats>,
     status: Arc<RuleStatus>,
+    dry_run: bool,
 ) -> RuleExit {
-    let exit = run_rule_inner(spec, token, stats, status.clone()).await;
+    let spec = if dry_run {
+        match dry_run_spec(&spec) {
+            Some(s) => Arc::new(s),
+            None => {
+                warn!("A queue source cannot be read without taking its jobs; this rule does not run in --dry-run.");
+                status.set(RuleState::Stopped);
+                return RuleExit::SourceClosed;
+            }
+        }
+    } else {
+        spec
+    };
+    let exit = run_rule_inner(spec, token, stats, status.clone(), dry_run).await;
     status.set(RuleState::Stopped);
     exit
 }
@@ -118,6 +147,7 @@ async fn run_rule_inner(
     token: CancellationToken,
     stats: Arc<RuleStats>,
     status: Arc<RuleStatus>,
+    dry_run: bool,
 ) -> RuleExit {
     let rule: Arc<str> = Arc::from(spec.name.as_str());
     let Some(mut source) = until_ok(&token, "source", || {
@@ -129,19 +159,28 @@ async fn run_rule_inner(
     };
     let mut sinks = Vec::with_capacity(spec.sinks.len());
     for sink_spec in &spec.sinks {
+        if dry_run {
+            sinks.push(Sink::dry_run(&spec.name, sink_spec));
+            continue;
+        }
         let Some(sink) = until_ok(&token, "sink", || Sink::open(sink_spec)).await else {
             source.close().await;
             return RuleExit::Cancelled;
         };
         sinks.push(sink);
     }
-    let Some(dead) = until_ok(&token, "dead-letter stream", || {
-        DeadLetters::open(spec.source.connection.clone())
-    })
-    .await
-    else {
-        source.close().await;
-        return RuleExit::Cancelled;
+    let dead = if dry_run {
+        DeadLetters::printing()
+    } else {
+        let Some(dead) = until_ok(&token, "dead-letter stream", || {
+            DeadLetters::open(spec.source.connection.clone())
+        })
+        .await
+        else {
+            source.close().await;
+            return RuleExit::Cancelled;
+        };
+        dead
     };
     let sink_stats = sinks.iter().map(|s| stats.sink(s.label())).collect();
     let mut rule_loop = RuleLoop {

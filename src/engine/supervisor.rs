@@ -65,6 +65,8 @@ pub struct Supervisor {
     stats: StatsRegistry,
     /// How long a stopping rule may take before its task is aborted.
     drain_timeout: Duration,
+    /// `run --dry-run`: read and filter for real, print what sinks would write, write nothing.
+    dry_run: bool,
 }
 
 impl Supervisor {
@@ -75,7 +77,14 @@ impl Supervisor {
             running: BTreeMap::new(),
             stats,
             drain_timeout,
+            dry_run: false,
         }
+    }
+
+    /// Run every rule in dry-run mode (see [`crate::engine::rule::run_rule`]).
+    pub fn with_dry_run(mut self, dry_run: bool) -> Supervisor {
+        self.dry_run = dry_run;
+        self
     }
 
     /// The counters of every rule.
@@ -221,7 +230,8 @@ impl Supervisor {
         let sinks: Vec<&str> = spec.sinks.iter().map(|s| s.kind.kind_name()).collect();
         let span = error_span!("rule", rule = %spec.name, source = spec.source.kind_name(), sinks = %sinks.join(","));
         let status = Arc::new(RuleStatus::default());
-        let handle = tokio::spawn(run_rule(spec.clone(), token.clone(), stats, status.clone()).instrument(span));
+        let handle =
+            tokio::spawn(run_rule(spec.clone(), token.clone(), stats, status.clone(), self.dry_run).instrument(span));
         self.running.insert(
             spec.name.clone(),
             Running {

@@ -86,6 +86,15 @@ pub enum Sink {
     Redis(RedisSink),
     /// HTTP requests.
     Webhook(WebhookSink),
+    /// `run --dry-run`: prints what the sink would write.
+    DryRun {
+        /// The rule, for the printed line.
+        rule: String,
+        /// The sink it stands for.
+        spec: Box<SinkSpec>,
+        /// Its label.
+        label: String,
+    },
 }
 
 impl Sink {
@@ -110,11 +119,21 @@ impl Sink {
         }))
     }
 
+    /// A sink that only prints what `spec` would write.
+    pub fn dry_run(rule: &str, spec: &SinkSpec) -> Sink {
+        Sink::DryRun {
+            rule: rule.to_string(),
+            spec: Box::new(spec.clone()),
+            label: spec.kind.to_string(),
+        }
+    }
+
     /// `stream processed_stream`, for logs and dead letters.
     pub fn label(&self) -> &str {
         match self {
             Sink::Redis(s) => &s.label,
             Sink::Webhook(s) => s.label(),
+            Sink::DryRun { label, .. } => label,
         }
     }
 
@@ -123,6 +142,14 @@ impl Sink {
         match self {
             Sink::Redis(s) => s.send(batch).await,
             Sink::Webhook(s) => s.send(batch).await,
+            Sink::DryRun { rule, spec, label } => batch
+                .iter()
+                .map(|msg| {
+                    let args = Sink::preview(spec, msg)?;
+                    println!("dry-run rule={rule} {label}: {}", shell_words(&args));
+                    Ok(())
+                })
+                .collect(),
         }
     }
 
@@ -149,6 +176,21 @@ impl Sink {
             })
             .collect())
     }
+}
+
+/// Command arguments as one line, quoted where needed (as redis-cli would take them).
+pub fn shell_words(args: &[Vec<u8>]) -> String {
+    args.iter()
+        .map(|a| {
+            let s = String::from_utf8_lossy(a);
+            if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/*~@".contains(c)) {
+                s.into_owned()
+            } else {
+                format!("'{}'", s.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The one command that delivers `msg` to the sink.
