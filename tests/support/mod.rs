@@ -349,6 +349,11 @@ pub struct RouterProcess {
 impl RouterProcess {
     /// Run `redis-router run -c <file with yaml>` with `REDIS_URL=url`.
     pub fn start(yaml: &str, url: &str) -> RouterProcess {
+        Self::start_with(yaml, url, &[])
+    }
+
+    /// As [`RouterProcess::start`], with more arguments after `run` (`--listen …`).
+    pub fn start_with(yaml: &str, url: &str, extra: &[&str]) -> RouterProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("routes.yaml");
         std::fs::write(&file, yaml).expect("write rules");
@@ -357,6 +362,7 @@ impl RouterProcess {
             .arg("run")
             .arg("-c")
             .arg(&file)
+            .args(extra)
             .env("REDIS_URL", url)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
