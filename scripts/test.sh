@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, on a fresh machine too: installs what the tests need when it is
-# missing (redis-server, and php-cli, php-redis, php-laravel-framework for the Laravel tests),
+# missing (redis-server, chromium for the status page, and php-cli, php-redis,
+# php-laravel-framework for the Laravel tests),
 # from Debian's packages. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+# The status page is tested in headless Chromium.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "Installing ${missing[*]} ..." >&2
   apt-get update -qq
