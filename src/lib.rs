@@ -14,11 +14,15 @@
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/status` and the status page.
 //! - [`redis_conn`]: how connections are opened (timeouts, TCP_NODELAY, prefixes).
 //! - [`stats`]: per-rule counters.
+//! - [`testing`]: `redis-router test`: each rule's `tests:` cases, run offline through the
+//!   engine's filter, transform and sink rendering.
+//! - [`demo`]: `redis-router demo`: the example rules against a throwaway redis-server.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod demo;
 pub mod dlq;
 pub mod engine;
 pub mod filter;
@@ -29,3 +33,4 @@ pub mod redis_conn;
 pub mod sink;
 pub mod source;
 pub mod stats;
+pub mod testing;

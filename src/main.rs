@@ -69,6 +69,16 @@ enum Command {
         #[arg(env = "REDIS_ROUTER_CONFIG", default_value = "routes.yaml")]
         file: PathBuf,
     },
+    /// Run each rule's `tests:` offline, without Redis: one line per case, a diff for each
+    /// failure, exit 1 when one fails.
+    Test {
+        /// The rule file.
+        #[arg(env = "REDIS_ROUTER_CONFIG", default_value = "routes.yaml")]
+        file: PathBuf,
+    },
+    /// Try it with nothing running: a throwaway redis-server (from PATH), the example rules,
+    /// and where each message went.
+    Demo,
     /// Dead letters: list them, or replay them to the sink that failed.
     Dlq {
         #[command(subcommand)]
@@ -116,6 +126,8 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format);
     match cli.command {
         Command::Check { file } => check(&file),
+        Command::Test { file } => test(&file),
+        Command::Demo => demo(),
         Command::Dlq { action } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
@@ -245,6 +257,64 @@ struct RunOptions {
     listen: Option<std::net::SocketAddr>,
     dry_run: bool,
     reload_debounce: Option<Duration>,
+}
+
+fn test(file: &Path) -> ExitCode {
+    let set = match config::load(file) {
+        Ok(set) => set,
+        Err(e) => {
+            print_config_error(&e);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let reports = match redis_router::testing::run(&set) {
+        Ok(reports) => reports,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{}: {e}", file.display());
+            }
+            let n = errors.len();
+            eprintln!("{n} error{} found.", if n == 1 { "" } else { "s" });
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    for report in &reports {
+        println!("{report}");
+    }
+    let failed = reports.iter().filter(|r| !r.passed()).count();
+    println!("{} passed, {failed} failed", reports.len() - failed);
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn demo() -> ExitCode {
+    // One thread: the scoped subscriber below then covers every task of the router too.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("redis-router: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The story goes to stdout; the rules' lifecycle logs would interleave with it on the same
+    // terminal, so only warnings and errors are shown unless RUST_LOG asks for more.
+    let quiet = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        .finish();
+    let result = tracing::subscriber::with_default(quiet, || {
+        runtime.block_on(redis_router::demo::run(&mut std::io::stdout()))
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("redis-router demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run(path: &Path, options: RunOptions) -> anyhow::Result<ExitCode> {
