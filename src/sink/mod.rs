@@ -183,7 +183,7 @@ pub fn shell_words(args: &[Vec<u8>]) -> String {
     args.iter()
         .map(|a| {
             let s = String::from_utf8_lossy(a);
-            if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/*~@".contains(c)) {
+            if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/~@".contains(c)) {
                 s.into_owned()
             } else {
                 format!("'{}'", s.replace('\'', "'\\''"))
