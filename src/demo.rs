@@ -497,7 +497,12 @@ async fn xrange(
         .map(|(id, flat)| {
             let pairs = flat
                 .chunks(2)
-                .map(|p| (p[0].clone(), p.get(1).cloned().unwrap_or_default()))
+                .map(|p| {
+                    (
+                        p.first().cloned().unwrap_or_default(),
+                        p.get(1).cloned().unwrap_or_default(),
+                    )
+                })
                 .collect();
             (id, pairs)
         })

@@ -430,7 +430,7 @@ impl Parser<'_> {
                 return None;
             }
         };
-        let target = self.string(&map[kind], &format!("{path}.{kind}"))?;
+        let target = self.string(map.get(kind).unwrap_or(&Value::Null), &format!("{path}.{kind}"))?;
         let nth = seen.iter().filter(|(k, t)| k == kind && *t == target).count();
         seen.push((kind.to_string(), target.clone()));
         let index = self
@@ -450,7 +450,8 @@ impl Parser<'_> {
                 .collect();
             let message = if nth > 0 {
                 format!(
-                    "the rule has only {nth} sink(s) `{kind} {target}`; its sinks: {}",
+                    "the rule has only {nth} `{kind} {target}` sink{}, and each expectation names a different one; its sinks: {}",
+                    if nth == 1 { "" } else { "s" },
                     names.join(", ")
                 )
             } else {
@@ -536,7 +537,7 @@ impl Parser<'_> {
     }
 }
 
-/// What a `… is missing` or `unknown key` message says about a key.
+/// "unknown key", with a "did you mean" when one of `candidates` is close.
 fn unknown_key(key: &str, candidates: &[&str]) -> String {
     let best = candidates
         .iter()
@@ -1075,5 +1076,286 @@ fn show(value: &Value) -> String {
     match value {
         Value::String(s) => s.replace('\n', "\\n"),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str_with_env;
+
+    fn report(yaml: &str) -> Vec<String> {
+        let set = load_str_with_env(yaml, "t.yaml", &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        run(&set)
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .iter()
+            .map(|r| r.to_string())
+            .collect()
+    }
+
+    fn errors(yaml: &str) -> Vec<String> {
+        let set = load_str_with_env(yaml, "t.yaml", &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        check(&set).iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn every_sink_kind_is_previewed_after_the_transform() {
+        let yaml = r#"
+rules:
+  - name: kinds
+    source: { channel: in }
+    transform: { id: "$.data.id", kind: "order" }
+    sinks:
+      - publish: "out:{{$.id}}"
+        body: "order {{$.id}}"
+      - queue: raw-list
+      - webhook: "http://hooks.example/{{$.kind}}"
+      - stream: copies
+      - queue: jobs
+        laravel: { handler: 'App\Handlers\Orders@handle', tries: 3 }
+      - stream: never
+        filter: "@.id == 0"
+    tests:
+      - input: { data: { id: 7 } }
+        expect:
+          sinks:
+            - publish: "out:{{$.id}}"
+              channel: "out:7"
+              body: "order 7"
+            - queue: raw-list
+              key: raw-list
+              body: { id: 7, kind: order }
+            - webhook: "http://hooks.example/{{$.kind}}"
+              method: POST
+              url: "http://hooks.example/order"
+              body: '{"id":7,"kind":"order"}'
+            - stream: copies
+              fields: { id: "7", kind: order }
+            - queue: jobs
+              key: "queues:jobs"
+              job:
+                displayName: 'App\Handlers\Orders'
+                job: 'App\Handlers\Orders@handle'
+                maxTries: 3
+                data: { id: 7, kind: order }
+                attempts: 0
+            - stream: never
+              skipped: true
+"#;
+        assert_eq!(report(yaml), ["ok   kinds: case 1"]);
+    }
+
+    #[test]
+    fn dead_letters_are_expected_or_reported() {
+        let yaml = r#"
+rules:
+  - name: dead
+    source: { channel: in }
+    filter: "@.a == 1"
+    sinks:
+      - publish: "out:{{$.missing}}"
+    tests:
+      - name: not JSON
+        input: "not json"
+        expect: { dead_letter: "payload is not JSON" }
+      - name: key selects nothing
+        input: { a: 1 }
+        expect: { sinks: [ { publish: "out:{{$.missing}}", dead_letter: selected nothing } ] }
+      - name: unexpected
+        input: { a: 1 }
+        expect: { filtered_out: false }
+      - name: expected but delivered
+        input: "not json"
+        expect: { filtered_out: true }
+"#;
+        assert_eq!(
+            report(yaml),
+            [
+                "ok   dead: not JSON",
+                "ok   dead: key selects nothing",
+                "FAIL dead: unexpected (- expected, + actual)\n       \
+                 publish out:{{$.missing}}: dead_letter\n       \
+                 - (none)\n       \
+                 + sink refused the message (not retryable): cannot render for publish out:{{$.missing}}: template `{{$.missing}}` selected nothing in the payload",
+                "FAIL dead: expected but delivered (- expected, + actual)\n       \
+                 filtered_out\n       \
+                 - true\n       \
+                 + false (dead-lettered)\n       \
+                 dead_letter\n       \
+                 - (none)\n       \
+                 + filter: payload is not JSON: expected ident at line 1 column 2",
+            ]
+        );
+    }
+
+    #[test]
+    fn laravel_jobs_are_routed_by_their_view_and_forwarded_unchanged() {
+        let yaml = r#"
+rules:
+  - name: split
+    source: { queue: default, format: laravel }
+    sinks:
+      - { queue: to-billing, format: laravel, filter: "@.shortName == 'SendInvoice'" }
+      - { queue: to-b, format: laravel, filter: "@.shortName != 'SendInvoice'" }
+    tests:
+      - input: { uuid: u-1, displayName: 'App\Handlers\SendInvoice', job: 'App\Handlers\SendInvoice@handle', data: { n: 1 }, id: x, attempts: 0 }
+        expect:
+          sinks:
+            - queue: to-billing
+              key: "queues:to-billing"
+              job: { displayName: 'App\Handlers\SendInvoice', data: { n: 1 }, attempts: 0 }
+            - queue: to-b
+              skipped: true
+      - name: not a job
+        input: "[1]"
+        expect: { dead_letter: not a Laravel job }
+"#;
+        assert_eq!(report(yaml), ["ok   split: case 1", "ok   split: not a job"]);
+    }
+
+    #[test]
+    fn stream_sources_take_fields_or_one_body_field() {
+        let yaml = r#"
+rules:
+  - name: fields
+    source: { stream: s, group: g }
+    sinks: [ { publish: x, body: "{{meta.key}} {{meta.id}} {{$}}" } ]
+    tests:
+      - input: { a: 1, b: two }
+        expect: { sinks: [ { publish: x, body: 's 1-0 {"a":"1","b":"two"}' } ] }
+  - name: body-field
+    source: { stream: s, body_field: body }
+    sinks: [ { publish: x, body: "{{$.a}} from {{meta.fields.origin}} at {{meta.id}}" } ]
+    tests:
+      - input: { a: 1 }
+        meta: { id: "5-1", fields: { origin: shop } }
+        expect: { sinks: [ { publish: x, body: "1 from shop at 5-1" } ] }
+"#;
+        assert_eq!(report(yaml), ["ok   fields: case 1", "ok   body-field: case 1"]);
+    }
+
+    #[test]
+    fn a_message_no_sink_takes_counts_as_filtered_out() {
+        let yaml = r#"
+rules:
+  - name: r
+    source: { pattern: "ev:*" }
+    sinks:
+      - { publish: a, filter: "@.n > 1" }
+      - { publish: a, filter: "@.n > 2" }
+    tests:
+      - input: { n: 0 }
+        expect: { filtered_out: true }
+      - input: { n: 2 }
+        meta: { key: "ev:1" }
+        expect:
+          sinks:
+            - publish: a
+            - publish: a
+      - input: { n: 5 }
+        expect:
+          sinks:
+            - publish: a
+              skipped: true
+"#;
+        assert_eq!(
+            report(yaml),
+            [
+                "ok   r: case 1",
+                "FAIL r: case 2 (- expected, + actual)\n       publish a #2\n       - written\n       + not written: the sink's own filter rejects it",
+                "FAIL r: case 3 (- expected, + actual)\n       publish a\n       - not written (skipped)\n       + written: {\"channel\":\"a\",\"body\":\"{\\\"n\\\":5}\"}",
+            ]
+        );
+    }
+
+    #[test]
+    fn expectations_are_subsets_with_a_wildcard() {
+        let cases: &[(&str, &str, &[&str])] = &[
+            (r#"{"a":1}"#, r#"{"a":1,"b":2}"#, &[]),
+            (r#"{"a":"*"}"#, r#"{"a":[1]}"#, &[]),
+            (r#"{"a":"*"}"#, r#"{}"#, &["x: a - * + (missing)"]),
+            (r#"{"a":{"b":1}}"#, r#"{"a":"{\"b\":1,\"c\":2}"}"#, &[]),
+            (r#"{"a":150000}"#, r#"{"a":"150000"}"#, &[]),
+            (
+                r#"{"a":"150000"}"#,
+                r#"{"a":150000}"#,
+                &["x: a - 150000 (a string) + 150000 (a number)"],
+            ),
+            (r#"{"a":[1,2]}"#, r#"{"a":[1,2,3]}"#, &["x: a - [1,2] + [1,2,3]"]),
+            (r#"{"a":[1,{"b":2}]}"#, r#"{"a":[1,{"b":3}]}"#, &["x: a[1].b - 2 + 3"]),
+            (r#"{"a":1.0}"#, r#"{"a":1}"#, &[]),
+            (r#"{"a":"x"}"#, r#"{"a":"y"}"#, &["x: a - x + y"]),
+        ];
+        for (expected, actual, want) in cases {
+            let expected: Value = serde_json::from_str(expected).unwrap();
+            let actual: Value = serde_json::from_str(actual).unwrap();
+            let mut out = Vec::new();
+            compare(&expected, Some(&actual), "x:", &mut out);
+            let got: Vec<String> = out
+                .iter()
+                .map(|d| format!("{} - {} + {}", d.at, d.expected, d.actual))
+                .collect();
+            assert_eq!(got, *want, "{expected} against {actual}");
+        }
+    }
+
+    #[test]
+    fn long_texts_get_a_caret_under_the_first_difference() {
+        let report = CaseReport {
+            rule: "r".into(),
+            case: "c".into(),
+            differences: vec![Difference {
+                at: "stream s: fields.data".into(),
+                expected: r#"{"order_id":987,"total":15000}"#.into(),
+                actual: r#"{"order_id":987,"total":150000}"#.into(),
+            }],
+        };
+        assert_eq!(
+            report.to_string(),
+            "FAIL r: c (- expected, + actual)\n       stream s: fields.data\n       \
+             - {\"order_id\":987,\"total\":15000}\n       \
+             + {\"order_id\":987,\"total\":150000}\n                                      ^"
+        );
+    }
+
+    #[test]
+    fn schema_mistakes_name_their_path() {
+        let yaml = r#"
+rules:
+  - name: r
+    source: { channel: in }
+    sinks:
+      - stream: s
+      - queue: q
+    tests:
+      - nmae: x
+        input: {}
+        expect: {}
+      - input: {}
+        expect:
+          filtered_out: true
+          sinks: [ { stream: s } ]
+      - input: {}
+        expect:
+          sinks:
+            - { stream: s, skipped: true, fields: { a: b } }
+            - { queue: q, job: {} }
+            - { stream: s, publish: s }
+            - { body: x }
+            - { stream: s }
+"#;
+        assert_eq!(
+            errors(yaml),
+            [
+                r#"rule "r": tests[0].nmae: unknown key `nmae`; did you mean `name`?"#,
+                r#"rule "r": tests[0].expect: `expect` says nothing; write `filtered_out`, `dead_letter` or the `sinks` that take the message"#,
+                r#"rule "r": tests[1].expect: `filtered_out: true` and `sinks` contradict each other: a filtered-out message reaches no sink"#,
+                r#"rule "r": tests[2].expect.sinks[0]: `skipped: true` means the sink takes nothing: drop it, or drop what the sink writes"#,
+                r#"rule "r": tests[2].expect.sinks[1].job: `job` is for a queue sink with `laravel:`; this one writes raw list elements: expect `body`"#,
+                r#"rule "r": tests[2].expect.sinks[2]: names two sinks (`publish` and `stream`); write each as its own item under `sinks:`"#,
+                r#"rule "r": tests[2].expect.sinks[3]: name the sink as the rule does: `stream: KEY`, `publish: CHANNEL`, `queue: LIST` or `webhook: URL`"#,
+                r#"rule "r": tests[2].expect.sinks[4].stream: the rule has only 1 `stream s` sink, and each expectation names a different one; its sinks: stream s, queue q"#,
+            ]
+        );
     }
 }

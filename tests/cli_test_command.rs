@@ -70,3 +70,24 @@ fn an_invalid_rule_file_is_reported_as_check_does() {
     assert_eq!(out.stderr, check.stderr);
     assert_eq!(out.status.code(), Some(78));
 }
+
+#[test]
+fn the_readme_example_passes() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    let section = readme
+        .split_once("### Testing rules\n\n```yaml\n")
+        .expect("a yaml block right under ### Testing rules")
+        .1;
+    let rule = section.split_once("```").expect("the end of the yaml block").0;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("readme.yaml");
+    std::fs::write(&file, format!("rules:\n{rule}")).expect("write the example");
+    let out = run_test(file.to_str().expect("a UTF-8 path"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok   orders-to-stream: a big order is kept\n\
+         ok   orders-to-stream: a small order is filtered out\n\
+         2 passed, 0 failed\n"
+    );
+    assert_eq!(out.status.code(), Some(0));
+}
