@@ -117,6 +117,9 @@ pub enum DemoError {
     /// The story could not be written.
     #[error("cannot write the story: {0}")]
     Output(#[from] std::io::Error),
+    /// The SIGINT or SIGTERM handler could not be installed.
+    #[error("cannot install the signal handlers: {0}")]
+    Signal(#[source] std::io::Error),
     /// SIGINT or SIGTERM arrived; everything was stopped.
     #[error("interrupted; the router and the redis-server were stopped")]
     Interrupted,
@@ -266,22 +269,36 @@ fn free_port() -> std::io::Result<u16> {
 /// [`DemoError`] when redis-server is missing or does not start, or a step does not show its
 /// result within 10 s.
 pub async fn run(out: &mut dyn Write) -> Result<(), DemoError> {
-    let redis = ThrowawayRedis::start().await?;
+    use tokio::signal::unix::{SignalKind, signal};
+    // Installed before anything starts, so that no signal can end the process with the server
+    // still running.
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DemoError::Signal)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DemoError::Signal)?;
+    let stop = async move {
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+        }
+    };
+    tokio::pin!(stop);
+    // A start cut short drops the half-started server, which kills it.
+    let redis = tokio::select! {
+        redis = ThrowawayRedis::start() => redis?,
+        () = &mut stop => return Err(DemoError::Interrupted),
+    };
     let url = redis.url();
     let env = move |name: &str| match name {
         "REDIS_URL" => Some(url.clone()),
         other => std::env::var(other).ok(),
     };
     let set = config::load_str_with_env(EXAMPLE_RULES, EXAMPLE_FILE, &env)?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut supervisor = Supervisor::new(CancellationToken::new(), StatsRegistry::default(), DRAIN_TIMEOUT);
     let story = tokio::select! {
         result = async {
             supervisor.apply(&set).await;
             tell(out, &redis, &set, &supervisor).await
         } => result,
-        _ = tokio::signal::ctrl_c() => Err(DemoError::Interrupted),
-        _ = sigterm.recv() => Err(DemoError::Interrupted),
+        () = &mut stop => Err(DemoError::Interrupted),
     };
     let rules = supervisor.rule_names().len();
     let aborted = supervisor.shutdown().await;
