@@ -113,7 +113,7 @@ async fn main() {
     let spec = redis_router::config::ConnectionSpec {
         name: "bench".into(),
         url: redis.url(),
-        prefix: String::new(),
+        ..Default::default()
     };
     let mut conn = redis_router::redis_conn::client(&spec)
         .expect("client")

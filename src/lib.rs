@@ -2,6 +2,7 @@
 //! queues (Laravel's among them) and webhooks, by the rules of one YAML file.
 //!
 //! Crate map, one owner per concern:
+//! - [`acl`]: the Redis ACL rule a rule file needs (`check --acl`).
 //! - [`config`]: the rule file: parse, validate into a [`config::RuleSet`], report mistakes with
 //!   line and column.
 //! - [`message`]: the one [`message::Message`] type, raw bytes plus lazily parsed JSON.
@@ -21,6 +22,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod acl;
 pub mod config;
 pub mod demo;
 pub mod dlq;

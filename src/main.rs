@@ -68,6 +68,13 @@ enum Command {
         /// The rule file.
         #[arg(env = "REDIS_ROUTER_CONFIG", default_value = "routes.yaml")]
         file: PathBuf,
+        /// Print, per connection, the `ACL SETUSER` rule granting exactly the keys, channels and
+        /// commands the file needs.
+        #[arg(long)]
+        acl: bool,
+        /// User name for `--acl`.
+        #[arg(long, default_value = "redis-router")]
+        acl_user: String,
     },
     /// Run each rule's `tests:` offline, without Redis: one line per case, a diff for each
     /// failure, exit 1 when one fails.
@@ -125,7 +132,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     match cli.command {
-        Command::Check { file } => check(&file),
+        Command::Check { file, acl, acl_user } => check(&file, acl.then_some(acl_user.as_str())),
         Command::Test { file } => test(&file),
         Command::Demo => demo(),
         Command::Dlq { action } => {
@@ -236,11 +243,21 @@ async fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(file: &Path) -> ExitCode {
+fn check(file: &Path, acl_user: Option<&str>) -> ExitCode {
     match config::load(file) {
         Ok(set) => {
-            for rule in &set.rules {
-                println!("{}: {}", rule.name, rule.summary());
+            match acl_user {
+                None => {
+                    for rule in &set.rules {
+                        println!("{}: {}", rule.name, rule.summary());
+                    }
+                }
+                Some(user) => {
+                    for s in redis_router::acl::grants(&set) {
+                        println!("# {} (connections: {})", s.server, s.connections.join(", "));
+                        println!("{}", s.grants.setuser(user, "CHANGE-ME"));
+                    }
+                }
             }
             ExitCode::SUCCESS
         }

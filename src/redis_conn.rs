@@ -22,12 +22,64 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// # Errors
 /// When the URL does not parse (validation has already rejected such files).
 pub fn client(spec: &ConnectionSpec) -> RedisResult<Client> {
-    let info = spec
+    let mut info = spec
         .url
         .as_str()
         .into_connection_info()?
         .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-    Client::open(info)
+    // No CLIENT SETINFO on connect: a least-privilege ACL user (`check --acl`) need not be
+    // allowed `client`, and servers before 7.2 do not know the command.
+    let mut settings = info.redis_settings().clone().set_skip_set_lib_name();
+    if let Some(user) = &spec.username {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = &spec.password {
+        settings = settings.set_password(password);
+    }
+    if let Some(path) = &spec.password_file {
+        let password = std::fs::read_to_string(path).map_err(|e| {
+            redis::RedisError::from(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "connection `{}`: cannot read password_file {}: {e}",
+                    spec.name,
+                    path.display()
+                ),
+            ))
+        })?;
+        settings = settings.set_password(password.trim_end_matches(['\n', '\r']));
+    }
+    info = info.set_redis_settings(settings);
+    let Some(tls) = &spec.tls else {
+        return Client::open(info);
+    };
+    install_crypto_provider();
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).map_err(|e| {
+            redis::RedisError::from(std::io::Error::new(
+                e.kind(),
+                format!("connection `{}`: cannot read {what} {}: {e}", spec.name, path.display()),
+            ))
+        })
+    };
+    let root_cert = tls.ca_file.as_deref().map(|p| read(p, "ca_file")).transpose()?;
+    let client_tls = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert, "cert_file")?,
+            client_key: read(key, "key_file")?,
+        }),
+        _ => None,
+    };
+    Client::build_with_tls(info, redis::TlsCertificates { client_tls, root_cert })
+}
+
+/// rustls needs one process-wide crypto provider; two are linked in (through reqwest and the
+/// redis crate), so choose explicitly. Installing twice is harmless.
+pub(crate) fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
 }
 
 /// A reconnecting connection whose responses may take `extra` longer than [`COMMAND_TIMEOUT`]

@@ -40,6 +40,19 @@ pub(crate) struct RawFileOutline {
 pub(crate) struct RawConnection {
     pub url: SpStr,
     pub prefix: Option<SpStr>,
+    pub username: Option<SpStr>,
+    pub password: Option<SpStr>,
+    pub password_file: Option<SpStr>,
+    pub tls: Option<Spanned<RawTls>>,
+}
+
+/// TLS files of a `rediss://` connection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub ca_file: Option<SpStr>,
+    pub cert_file: Option<SpStr>,
+    pub key_file: Option<SpStr>,
 }
 
 /// The optional HTTP endpoint.

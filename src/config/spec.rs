@@ -25,7 +25,7 @@ pub struct RuleSet {
 }
 
 /// A named Redis endpoint.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct ConnectionSpec {
     /// Name used by rules.
     pub name: String,
@@ -33,6 +33,26 @@ pub struct ConnectionSpec {
     pub url: String,
     /// Added to every key and channel this connection touches.
     pub prefix: String,
+    /// ACL user, overriding the URL's.
+    pub username: Option<String>,
+    /// Password, overriding the URL's (from `password:`, usually `${ENV}`).
+    pub password: Option<String>,
+    /// File holding the password, read at each connect (so a rotated secret is picked up on
+    /// the next reconnect).
+    pub password_file: Option<std::path::PathBuf>,
+    /// TLS files for `rediss://`.
+    pub tls: Option<TlsSpec>,
+}
+
+/// TLS files of a connection (PEM). Without `ca_file` the system's roots are trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsSpec {
+    /// CA certificate(s) to trust.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate, for servers that require one (`tls-auth-clients yes`).
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Its key.
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 impl ConnectionSpec {
@@ -69,6 +89,10 @@ impl fmt::Debug for ConnectionSpec {
             .field("name", &self.name)
             .field("url", &self.masked_url())
             .field("prefix", &self.prefix)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("password_file", &self.password_file)
+            .field("tls", &self.tls)
             .finish()
     }
 }

@@ -177,12 +177,19 @@ fn connections(cx: &mut Ctx<'_>, raw: &RawFile) -> Connections {
             Arc::new(ConnectionSpec {
                 name: "default".into(),
                 url,
-                prefix: String::new(),
+                ..ConnectionSpec::default()
             }),
         );
     }
     for (name, conn) in &raw.connections {
-        let RawConnection { url, prefix } = &conn.value;
+        let RawConnection {
+            url,
+            prefix,
+            username,
+            password,
+            password_file,
+            tls,
+        } = &conn.value;
         let Some(url_text) = cx.text(url) else { continue };
         if let Err(e) = redis::Client::open(url_text.as_str()) {
             cx.err(
@@ -195,12 +202,57 @@ fn connections(cx: &mut Ctx<'_>, raw: &RawFile) -> Connections {
             continue;
         }
         let prefix = prefix.as_ref().and_then(|p| cx.text(p)).unwrap_or_default();
+        if let (Some(_), Some(f)) = (password, password_file) {
+            cx.err(
+                f.referenced,
+                format!("connection `{name}`: give `password` or `password_file`, not both"),
+            );
+            continue;
+        }
+        let username = username.as_ref().and_then(|u| cx.text(u));
+        let password = password.as_ref().and_then(|p| cx.text(p));
+        let password_file = password_file
+            .as_ref()
+            .and_then(|p| cx.text(p))
+            .map(std::path::PathBuf::from);
+        let tls = match tls {
+            None => None,
+            Some(t) => {
+                if !url_text.starts_with("rediss://") {
+                    cx.err(
+                        t.referenced,
+                        format!("connection `{name}`: `tls` needs a `rediss://` URL"),
+                    );
+                    continue;
+                }
+                let file = |cx: &mut Ctx<'_>, f: &Option<SpStr>| {
+                    f.as_ref().and_then(|f| cx.text(f)).map(std::path::PathBuf::from)
+                };
+                let spec = TlsSpec {
+                    ca_file: file(cx, &t.value.ca_file),
+                    cert_file: file(cx, &t.value.cert_file),
+                    key_file: file(cx, &t.value.key_file),
+                };
+                if spec.cert_file.is_some() != spec.key_file.is_some() {
+                    cx.err(
+                        t.referenced,
+                        format!("connection `{name}`: a client certificate needs both `cert_file` and `key_file`"),
+                    );
+                    continue;
+                }
+                Some(spec)
+            }
+        };
         out.insert(
             name.clone(),
             Arc::new(ConnectionSpec {
                 name: name.clone(),
                 url: url_text,
                 prefix,
+                username,
+                password,
+                password_file,
+                tls,
             }),
         );
     }

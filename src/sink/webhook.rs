@@ -50,6 +50,7 @@ impl WebhookSink {
     /// # Errors
     /// When the TLS backend cannot be set up.
     pub fn new(spec: &WebhookSpec, label: String) -> Result<WebhookSink, SinkError> {
+        crate::redis_conn::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(spec.timeout)
             .connect_timeout(spec.timeout.min(Duration::from_secs(5)))

@@ -1,0 +1,255 @@
+//! `redis-router check --acl`: the Redis ACL rule that grants exactly what a rule file needs.
+//!
+//! For each connection, the keys (`~`), channels (`&`) and commands the rules use on it: their
+//! sources, their dead-letter streams (on the source's connection) and their sinks. Templated
+//! names become glob patterns (`orders:{{$.id}}` → `orders:*`); literal parts are escaped so a
+//! key with `*` or `[` in its name grants only itself.
+
+use std::collections::BTreeSet;
+
+use crate::config::{ConnectionSpec, QueueFormat, RuleSet, SinkSpecKind, SourceSpecKind};
+use crate::filter::Template;
+
+/// Commands every connection may use. (The router does not send `CLIENT SETINFO` on connect, so
+/// that it needs no `client` permission; see `redis_conn::client`.)
+const BASE_COMMANDS: &[&str] = &["ping"];
+
+/// What one connection's user needs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Grants {
+    /// Key patterns.
+    pub keys: BTreeSet<String>,
+    /// Channel patterns.
+    pub channels: BTreeSet<String>,
+    /// Commands (lower case, `container|sub` for subcommands).
+    pub commands: BTreeSet<String>,
+}
+
+impl Grants {
+    fn command(&mut self, names: &[&str]) {
+        self.commands.extend(names.iter().map(|c| c.to_string()));
+    }
+
+    /// `ACL SETUSER user on >password resetkeys ~… resetchannels &… -@all +…`.
+    pub fn setuser(&self, user: &str, password: &str) -> String {
+        let mut out = format!("ACL SETUSER {user} reset on >{password}");
+        for k in &self.keys {
+            out.push_str(&format!(" ~{k}"));
+        }
+        for c in &self.channels {
+            out.push_str(&format!(" &{c}"));
+        }
+        out.push_str(" -@all");
+        for c in BASE_COMMANDS
+            .iter()
+            .map(|c| c.to_string())
+            .chain(self.commands.iter().cloned())
+        {
+            out.push_str(&format!(" +{c}"));
+        }
+        out
+    }
+}
+
+/// Escape glob metacharacters so that a literal name matches only itself.
+fn escape(literal: &str) -> String {
+    let mut out = String::with_capacity(literal.len());
+    for c in literal.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A template as a glob: literal parts escaped, each `{{…}}` a `*`.
+fn glob(conn: &ConnectionSpec, t: &Template) -> String {
+    let mut out = escape(&conn.prefix);
+    let mut rest = t.source();
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&escape(&rest[..start]));
+        match rest[start..].find("}}") {
+            Some(end) => {
+                out.push('*');
+                rest = &rest[start + end + 2..];
+            }
+            None => {
+                rest = "";
+            }
+        }
+    }
+    out.push_str(&escape(rest));
+    out
+}
+
+fn literal(conn: &ConnectionSpec, name: &str) -> String {
+    escape(&format!("{}{name}", conn.prefix))
+}
+
+/// The Redis server a connection reaches: connections to one server share one ACL user, so
+/// their grants are merged (two `ACL SETUSER … reset` for one user would undo each other).
+fn server(conn: &ConnectionSpec) -> String {
+    use redis::IntoConnectionInfo;
+    match conn.url.as_str().into_connection_info() {
+        Ok(info) => format!("{} db {}", info.addr(), info.redis_settings().db()),
+        Err(_) => conn.masked_url(),
+    }
+}
+
+/// One Redis server's grants and the names of the connections that reach it.
+#[derive(Debug, Clone)]
+pub struct ServerGrants {
+    /// `127.0.0.1:6379 db 0`.
+    pub server: String,
+    /// Connections of the file that reach this server.
+    pub connections: Vec<String>,
+    /// What they need, together.
+    pub grants: Grants,
+}
+
+/// What the router's user needs on each Redis server, in file order.
+pub fn grants(set: &RuleSet) -> Vec<ServerGrants> {
+    let mut out: Vec<ServerGrants> = Vec::new();
+    fn entry<'a>(out: &'a mut Vec<ServerGrants>, conn: &std::sync::Arc<ConnectionSpec>) -> &'a mut Grants {
+        let key = server(conn);
+        let i = match out.iter().position(|s| s.server == key) {
+            Some(i) => i,
+            None => {
+                out.push(ServerGrants {
+                    server: key,
+                    connections: Vec::new(),
+                    grants: Grants::default(),
+                });
+                out.len() - 1
+            }
+        };
+        if !out[i].connections.contains(&conn.name) {
+            out[i].connections.push(conn.name.clone());
+        }
+        &mut out[i].grants
+    }
+    for rule in &set.rules {
+        let sc = &rule.source.connection;
+        let g = entry(&mut out, sc);
+        match &rule.source.kind {
+            SourceSpecKind::Channel { channel, .. } => {
+                g.channels.insert(literal(sc, channel));
+                g.command(&["subscribe", "unsubscribe"]);
+            }
+            SourceSpecKind::Pattern { pattern, .. } => {
+                // ACL matches a PSUBSCRIBE pattern literally against the channel patterns.
+                g.channels.insert(format!("{}{pattern}", escape(&sc.prefix)));
+                g.command(&["psubscribe", "punsubscribe"]);
+            }
+            SourceSpecKind::Stream { stream, group, .. } => {
+                g.keys.insert(literal(sc, stream));
+                if group.is_some() {
+                    g.command(&[
+                        "xreadgroup",
+                        "xgroup|create",
+                        "xack",
+                        "xautoclaim",
+                        "xclaim",
+                        "xpending",
+                        "xinfo|groups",
+                    ]);
+                } else {
+                    g.command(&["xread", "xrevrange"]);
+                }
+            }
+            SourceSpecKind::Queue { queue, format, .. } => {
+                let name = match format {
+                    QueueFormat::Raw => queue.clone(),
+                    QueueFormat::Laravel => format!("queues:{queue}"),
+                };
+                g.keys.insert(literal(sc, &name));
+                g.keys.insert(format!("{}:processing:*", literal(sc, &name)));
+                g.command(&["blmove", "lmove", "lrange", "lrem"]);
+            }
+        }
+        let dead_letters =
+            std::iter::once(&rule.on_error.dead_letter).chain(rule.sinks.iter().map(|s| &s.on_error.dead_letter));
+        for dl in dead_letters {
+            let g = entry(&mut out, sc);
+            g.keys.insert(literal(sc, dl));
+            g.command(&["xadd"]);
+        }
+        for sink in &rule.sinks {
+            let c = &sink.connection;
+            match &sink.kind {
+                SinkSpecKind::Webhook(_) => {}
+                SinkSpecKind::Publish { channel, .. } => {
+                    let g = entry(&mut out, c);
+                    g.channels.insert(glob(c, channel));
+                    g.command(&["publish"]);
+                }
+                SinkSpecKind::Stream { stream, .. } => {
+                    let g = entry(&mut out, c);
+                    g.keys.insert(glob(c, stream));
+                    g.command(&["xadd"]);
+                }
+                SinkSpecKind::Queue {
+                    queue, laravel: None, ..
+                } => {
+                    let g = entry(&mut out, c);
+                    g.keys.insert(glob(c, queue));
+                    g.command(&["rpush"]);
+                }
+                SinkSpecKind::Queue {
+                    queue,
+                    laravel: Some(l),
+                    ..
+                } => {
+                    let g = entry(&mut out, c);
+                    let base = glob(
+                        c,
+                        &Template::compile(&format!("queues:{}", queue.source())).unwrap_or_else(|_| queue.clone()),
+                    );
+                    if l.delay.is_some() {
+                        g.keys.insert(format!("{base}:delayed"));
+                        g.command(&["zadd"]);
+                    } else {
+                        g.keys.insert(base.clone());
+                        g.keys.insert(format!("{base}:notify"));
+                        // EVAL is checked against the commands the script runs.
+                        g.command(&["eval", "rpush"]);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_escape_literals_and_widen_templates() {
+        let conn = ConnectionSpec {
+            prefix: "app_".into(),
+            ..ConnectionSpec::default()
+        };
+        let t = Template::compile("orders:{{$.id}}:x*").unwrap();
+        assert_eq!(glob(&conn, &t), "app_orders:*:x\\*");
+        assert_eq!(literal(&conn, "a[1]"), "app_a\\[1\\]");
+    }
+
+    #[test]
+    fn example_rules() {
+        let set = crate::config::load_str(
+            "connections:\n  default: { url: 'redis://h:1' }\n  laravel: { url: 'redis://h:1', prefix: 'laravel_database_' }\nrules:\n  - name: a\n    source: { channel: 'events:order', connection: laravel }\n    sinks:\n      - { stream: processed_stream }\n      - { queue: to-b, connection: laravel, laravel: { job: 'App\\Jobs\\X' } }\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let g = grants(&set);
+        assert_eq!(g.len(), 1, "both connections reach one server: one user");
+        assert_eq!(g[0].connections, ["laravel", "default"]);
+        assert_eq!(
+            g[0].grants.setuser("router", "pw"),
+            "ACL SETUSER router reset on >pw ~laravel_database_queues:to-b ~laravel_database_queues:to-b:notify ~laravel_database_redis-router:dead-letter ~processed_stream &laravel_database_events:order -@all +ping +eval +rpush +subscribe +unsubscribe +xadd"
+        );
+    }
+}
