@@ -33,17 +33,24 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Start one and wait until it answers PING. Panics with the server's log if it does not.
     pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// As [`RedisServer::start`], with more redis-server arguments (TLS, persistence).
+    pub fn start_with(extra: &[String]) -> RedisServer {
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("tempdir");
             let mut server = RedisServer {
                 port: free_port(),
                 child: None,
                 dir,
+                extra: extra.to_vec(),
             };
             if server.spawn() {
                 return server;
@@ -54,6 +61,11 @@ impl RedisServer {
 
     fn binary() -> String {
         std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into())
+    }
+
+    /// The server's working directory (its AOF and RDB files when persistence is on).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -82,6 +94,7 @@ impl RedisServer {
             .arg(self.dir.path())
             .arg("--logfile")
             .arg(self.log_path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
