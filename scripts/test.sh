@@ -11,6 +11,9 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 # The status page is tested in headless Chromium.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# The TLS test makes its certificates with openssl; the signature test runs python3.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "Installing ${missing[*]} ..." >&2
   apt-get update -qq
