@@ -448,7 +448,16 @@ impl StreamSource {
                 self.ensure_group().await?;
                 return Ok(Vec::new());
             }
-            Err(e) => return Err(self.err("XREADGROUP")(e)),
+            Err(e) => {
+                // A read whose reply was lost with the connection may still have delivered
+                // entries to this consumer: replay its own pending entries first once Redis
+                // is back, instead of leaving them until another sweep claims them.
+                // (Every earlier batch was acknowledged before this read began.)
+                if let Mode::Group { phase, .. } = &mut self.mode {
+                    *phase = Phase::Pending("0".into());
+                }
+                return Err(self.err("XREADGROUP")(e));
+            }
         };
         let entries = match reply {
             Value::Nil => Vec::new(),
