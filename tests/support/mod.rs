@@ -138,7 +138,10 @@ impl RedisServer {
 
     /// A connection for the test's own commands.
     pub async fn conn(&self) -> MultiplexedConnection {
-        within(self.client().get_multiplexed_async_connection())
+        // redis-rs answers "timed out" after 500 ms by default; a test reading 50,000 entries
+        // back needs longer.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(TIMEOUT));
+        within(self.client().get_multiplexed_async_connection_with_config(&config))
             .await
             .unwrap_or_else(|e| panic!("connect to test redis: {e}; log:\n{}", self.log()))
     }
@@ -148,6 +151,43 @@ impl RedisServer {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Start one on `port` (a router may already be trying to reach it).
+    pub fn start_on(port: u16, extra: &[String]) -> RedisServer {
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+            extra: extra.to_vec(),
+        };
+        assert!(
+            server.spawn(),
+            "redis-server did not start on port {port}; log:\n{}",
+            server.log()
+        );
+        server
+    }
+
+    /// Stop with SHUTDOWN (persistence files are written, as on a planned restart) and start
+    /// again on the same port with the same directory.
+    pub fn shutdown_and_restart(&mut self) {
+        if let Ok(mut c) = self.client().get_connection_with_timeout(Duration::from_secs(2)) {
+            let _ = redis::cmd("SHUTDOWN").query::<()>(&mut c);
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.spawn() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not restart on port {}; log:\n{}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -387,6 +427,20 @@ impl RouterProcess {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process's peak resident set size in KiB (VmHWM), and its current one (VmRSS).
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmHWM:"), field("VmRSS:"))
     }
 
     /// Send a signal by name (`TERM`, `KILL`, `HUP`).
