@@ -429,6 +429,14 @@ impl RouterProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Whether the process is still running.
+    pub fn child_running(&self) -> bool {
+        std::path::Path::new(&format!("/proc/{}/status", self.child.id())).exists()
+            && !std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+                .unwrap_or_default()
+                .contains("State:\tZ")
+    }
+
     /// The process's peak resident set size in KiB (VmHWM), and its current one (VmRSS).
     pub fn memory_kib(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
