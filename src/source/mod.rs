@@ -57,8 +57,8 @@ impl SourceError {
 pub enum Source {
     /// SUBSCRIBE / PSUBSCRIBE.
     PubSub(PubSubSource),
-    /// XREADGROUP / XREAD.
-    Stream(StreamSource),
+    /// XREADGROUP / XREAD (boxed: it is much larger than the other kinds).
+    Stream(Box<StreamSource>),
     /// BLMOVE from a list.
     List(ListSource),
 }
@@ -79,7 +79,9 @@ impl Source {
             SourceSpecKind::Channel { .. } | SourceSpecKind::Pattern { .. } => {
                 Source::PubSub(PubSubSource::open(spec, rule.clone(), stats, status).await?)
             }
-            SourceSpecKind::Stream { .. } => Source::Stream(StreamSource::open(spec, rule.clone(), stats).await?),
+            SourceSpecKind::Stream { .. } => {
+                Source::Stream(Box::new(StreamSource::open(spec, rule.clone(), stats).await?))
+            }
             SourceSpecKind::Queue { .. } => Source::List(ListSource::open(spec, rule.clone(), stats).await?),
         })
     }
@@ -115,10 +117,13 @@ impl Source {
         }
     }
 
-    /// Stop reading: end the Pub/Sub subscription task.
+    /// Stop reading: end the Pub/Sub subscription task; a stream source waits for its
+    /// acknowledgements in flight.
     pub async fn close(self) {
-        if let Source::PubSub(s) = self {
-            s.close().await;
+        match self {
+            Source::PubSub(s) => s.close().await,
+            Source::Stream(s) => (*s).close().await,
+            Source::List(_) => {}
         }
     }
 }

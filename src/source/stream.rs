@@ -9,13 +9,14 @@
 //! newest` is resolved to the stream's last id once, at open (reading from `$` on every call
 //! would skip what arrives between calls).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use redis::Value;
 use redis::aio::ConnectionManager;
-use tracing::{debug, info};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
 
 use super::{SourceError, bulk};
 use crate::config::{ConnectionSpec, SourceSpec, SourceSpecKind};
@@ -65,7 +66,24 @@ pub struct StreamSource {
     claim_cursor: String,
     /// When to sample the group's lag and pending count next.
     next_sample: Instant,
+    /// Second connection for XACK and XINFO: Redis runs one client's commands in order, so on
+    /// the reading connection they would wait behind a blocked XREADGROUP.
+    ack_conn: ConnectionManager,
+    /// The next read, issued as soon as a batch was handed out (read-ahead), so that Redis
+    /// answers it while the rule delivers the batch. Kept here until taken, so a dropped
+    /// `recv` loses nothing.
+    ahead: Option<JoinHandle<redis::RedisResult<Value>>>,
+    /// XACKs sent and not yet confirmed; each task gives back the ids it failed to acknowledge.
+    acks: VecDeque<AckTask>,
+    /// Ids whose XACK failed, sent again with the next acknowledgement.
+    unacked: Vec<String>,
 }
+
+/// An XACK on its way; on failure it gives back the ids and the error.
+type AckTask = JoinHandle<Result<(), (Vec<String>, redis::RedisError)>>;
+
+/// XACKs in flight at once; one more waits for the oldest (each covers a whole batch).
+const MAX_ACKS_IN_FLIGHT: usize = 4;
 
 /// The name this host uses as a consumer when the rule gives none: stable across restarts, so
 /// a restarted router finds its own pending entries.
@@ -110,6 +128,13 @@ impl StreamSource {
                 key: stream.clone(),
                 source,
             })?;
+        let ack_conn = redis_conn::manager(&spec.connection, Duration::ZERO)
+            .await
+            .map_err(|source| SourceError::Redis {
+                op: "connect",
+                key: stream.clone(),
+                source,
+            })?;
         let mode = match group {
             Some(group) => Mode::Group {
                 group: group.clone(),
@@ -137,6 +162,10 @@ impl StreamSource {
             next_claim: Instant::now(),
             claim_cursor: "0-0".into(),
             next_sample: Instant::now(),
+            ack_conn,
+            ahead: None,
+            acks: VecDeque::new(),
+            unacked: Vec::new(),
         };
         match &source.mode {
             Mode::Group { .. } => source.ensure_group().await?,
@@ -246,7 +275,23 @@ impl StreamSource {
             return Ok(Vec::new());
         };
         let (group, consumer, after) = (group.clone(), consumer.clone(), after.clone());
-        let pending = self.pending(&group, &consumer, &after).await?;
+        // Acknowledgements still in flight must land first, or their entries would look
+        // unprocessed and be delivered again.
+        self.settle_acks().await?;
+        let pending = match self.pending(&group, &consumer, &after).await {
+            Ok(pending) => pending,
+            // The group vanished with what it had pending (Redis restarted without
+            // persistence): create it again and read new entries.
+            Err(SourceError::Redis { source, .. }) if source.code() == Some("NOGROUP") => {
+                info!(stream = %self.name, "Consumer group vanished; creating it again.");
+                self.ensure_group().await?;
+                if let Mode::Group { phase, .. } = &mut self.mode {
+                    *phase = Phase::New;
+                }
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e),
+        };
         let Some(last) = pending.last().map(|p| p.0.clone()) else {
             debug!(stream = %self.name, "Own pending entries replayed; reading new entries.");
             if let Mode::Group { phase, .. } = &mut self.mode {
@@ -377,7 +422,7 @@ impl StreamSource {
         let Ok(Value::Array(groups)) = redis::cmd("XINFO")
             .arg("GROUPS")
             .arg(&self.key)
-            .query_async::<Value>(&mut self.conn)
+            .query_async::<Value>(&mut self.ack_conn)
             .await
         else {
             return;
@@ -422,11 +467,10 @@ impl StreamSource {
         }
     }
 
-    /// New entries: XREADGROUP `>` (group) or XREAD after the last id (tail).
-    async fn read_new(&mut self) -> Result<Vec<Message>, SourceError> {
-        self.sample_group().await;
+    /// The command that reads new entries: XREADGROUP `>` (group) or XREAD after the last id.
+    fn read_cmd(&self) -> redis::Cmd {
         let block_ms = self.block.as_millis() as u64;
-        let cmd = match &self.mode {
+        match &self.mode {
             Mode::Group { group, consumer, .. } => {
                 let mut cmd = redis::cmd("XREADGROUP");
                 cmd.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(self.batch);
@@ -439,8 +483,21 @@ impl StreamSource {
                 cmd.arg("STREAMS").arg(&self.key).arg(last_id);
                 cmd
             }
+        }
+    }
+
+    /// New entries: the reply of the read issued with the last acknowledgement when there is
+    /// one (see [`StreamSource::ack`]), else a read now.
+    async fn read_new(&mut self) -> Result<Vec<Message>, SourceError> {
+        self.sample_group().await;
+        let reply: redis::RedisResult<Value> = match self.ahead.as_mut() {
+            Some(handle) => {
+                let joined = handle.await;
+                self.ahead = None;
+                joined.unwrap_or_else(|e| Err(redis::RedisError::from(std::io::Error::other(e.to_string()))))
+            }
+            None => self.read_cmd().query_async(&mut self.conn).await,
         };
-        let reply: redis::RedisResult<Value> = cmd.query_async(&mut self.conn).await;
         let reply = match reply {
             Ok(r) => r,
             Err(e) if e.code() == Some("NOGROUP") => {
@@ -576,10 +633,94 @@ impl StreamSource {
 
     /// Acknowledge a finished batch (group mode; nothing to do when tailing).
     ///
+    /// The XACK is sent on its own task and not awaited: the rule goes on with the next batch
+    /// while Redis applies it. An XACK that fails is sent again with the next batch's, and
+    /// [`StreamSource::close`] and the replay of own pending entries wait for all of them, so
+    /// an entry is never acknowledged before the rule is done with it, and a delivered entry
+    /// is not replayed because its acknowledgement was still on the way.
+    ///
     /// # Errors
-    /// When XACK fails; the caller retries.
+    /// When waiting for an earlier XACK failed in a way that cannot be retried.
     pub async fn ack(&mut self, batch: &[Message]) -> Result<(), SourceError> {
-        self.xack(batch.iter().filter_map(|m| m.meta.id.as_deref())).await
+        self.read_ahead();
+        let Mode::Group { group, .. } = &self.mode else {
+            return Ok(());
+        };
+        let group = group.clone();
+        // Collect what earlier XACKs could not do; bound the number in flight.
+        while let Some(front) = self.acks.front() {
+            if !front.is_finished() && self.acks.len() < MAX_ACKS_IN_FLIGHT {
+                break;
+            }
+            let Some(handle) = self.acks.pop_front() else { break };
+            if let Ok(Err((ids, e))) = handle.await {
+                warn!(stream = %self.name, error = %e, count = ids.len(), "XACK failed; sending it again.");
+                self.unacked.extend(ids);
+            }
+        }
+        let mut ids = std::mem::take(&mut self.unacked);
+        ids.extend(batch.iter().filter_map(|m| m.meta.id.clone()));
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("XACK");
+        cmd.arg(&self.key).arg(&group).arg(&ids);
+        let mut conn = self.ack_conn.clone();
+        self.acks.push_back(tokio::spawn(async move {
+            match cmd.query_async::<Value>(&mut conn).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err((ids, e)),
+            }
+        }));
+        Ok(())
+    }
+
+    /// Issue the next read now, before the XACK's reply, so that the two round trips overlap
+    /// (the read on the reading connection, the XACK on `ack_conn`). Only once the batch is
+    /// done: reading further ahead would hold a second batch pending while the first is in
+    /// flight, doubling what a crash leaves for another consumer to claim.
+    fn read_ahead(&mut self) {
+        let reading_new = matches!(&self.mode, Mode::Tail { .. } | Mode::Group { phase: Phase::New, .. });
+        if reading_new && self.ahead.is_none() {
+            let cmd = self.read_cmd();
+            let mut conn = self.conn.clone();
+            self.ahead = Some(tokio::spawn(async move { cmd.query_async(&mut conn).await }));
+        }
+    }
+
+    /// Wait for every XACK in flight and send again those that failed.
+    ///
+    /// # Errors
+    /// When an XACK still fails; the ids are kept for the next try.
+    async fn settle_acks(&mut self) -> Result<(), SourceError> {
+        while let Some(handle) = self.acks.pop_front() {
+            if let Ok(Err((ids, _))) = handle.await {
+                self.unacked.extend(ids);
+            }
+        }
+        if self.unacked.is_empty() {
+            return Ok(());
+        }
+        let ids = std::mem::take(&mut self.unacked);
+        match self.xack(ids.iter().map(String::as_str)).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.unacked = ids;
+                Err(e)
+            }
+        }
+    }
+
+    /// Stop: wait for the acknowledgements in flight (a failure is logged; those entries stay
+    /// pending and are delivered again at the next start) and drop the read-ahead, whose
+    /// entries, if it took any, are pending for this consumer and replayed at the next start.
+    pub async fn close(mut self) {
+        if let Some(handle) = self.ahead.take() {
+            handle.abort();
+        }
+        if let Err(e) = self.settle_acks().await {
+            warn!(stream = %self.name, error = %e, "Could not acknowledge the last entries; they will be delivered again.");
+        }
     }
 }
 
