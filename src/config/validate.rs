@@ -329,34 +329,19 @@ fn rule_spec(cx: &mut Ctx<'_>, rule: &RawRule, at: Location, conns: &Connections
 }
 
 fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) -> Option<SourceSpec> {
-    let at = src.referenced;
     let s = &src.value;
-    let kinds: Vec<(&str, &SpStr)> = [
-        ("channel", &s.channel),
-        ("pattern", &s.pattern),
-        ("stream", &s.stream),
-        ("queue", &s.queue),
-    ]
-    .into_iter()
-    .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
-    .collect();
-    let (kind, key) = match kinds.as_slice() {
-        [one] => *one,
-        [] => {
-            cx.err(
-                at,
-                "source has no kind; write one of `channel: NAME`, `pattern: GLOB`, `stream: KEY` or `queue: LIST`",
-            );
-            return None;
-        }
-        [(a, _), (b, second), ..] => {
-            cx.err(
-                second.referenced,
-                format!("source has both `{a}` and `{b}`; a rule reads one source, so split it into two rules"),
-            );
-            return None;
-        }
-    };
+    let (kind, key) = pick_kind(
+        cx,
+        src.referenced,
+        [
+            ("channel", &s.channel),
+            ("pattern", &s.pattern),
+            ("stream", &s.stream),
+            ("queue", &s.queue),
+        ],
+        "source has no kind; write one of `channel: NAME`, `pattern: GLOB`, `stream: KEY` or `queue: LIST`",
+        "a rule reads one source, so split it into two rules",
+    )?;
     let connection = connection(cx, &s.connection, conns);
     let name = cx.name(key, &format!("source `{kind}`"));
     let pubsub = matches!(kind, "channel" | "pattern");
@@ -482,20 +467,7 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
             }
         }
         _ => {
-            let format = match &s.format {
-                None => Some(QueueFormat::Raw),
-                Some(f) => match f.value.as_str() {
-                    "raw" => Some(QueueFormat::Raw),
-                    "laravel" => Some(QueueFormat::Laravel),
-                    other => {
-                        cx.err(
-                            f.referenced,
-                            format!("unknown queue format `{other}`; write `raw` or `laravel`"),
-                        );
-                        None
-                    }
-                },
-            };
+            let format = queue_format(cx, &s.format).map(|f| f.unwrap_or(QueueFormat::Raw));
             SourceSpecKind::Queue {
                 queue: name?,
                 format: format?,
@@ -508,6 +480,55 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
         connection: connection?,
         kind,
     })
+}
+
+/// The one kind key a source or sink gives (`stream: KEY`), or an error for none or several.
+fn pick_kind<'a, const N: usize>(
+    cx: &mut Ctx<'_>,
+    at: Location,
+    kinds: [(&'static str, &'a Option<SpStr>); N],
+    none: &str,
+    split: &str,
+) -> Option<(&'static str, &'a SpStr)> {
+    let given: Vec<(&'static str, &'a SpStr)> = kinds
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+        .collect();
+    match given.as_slice() {
+        [one] => Some(*one),
+        [] => {
+            cx.err(at, none);
+            None
+        }
+        [(a, _), (b, second), ..] => {
+            cx.err(
+                second.referenced,
+                format!(
+                    "{} has both `{a}` and `{b}`; {split}",
+                    none.split(' ').next().unwrap_or("it")
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `format: raw | laravel` of a queue source or sink.
+fn queue_format(cx: &mut Ctx<'_>, format: &Option<SpStr>) -> Option<Option<QueueFormat>> {
+    match format {
+        None => Some(None),
+        Some(f) => match f.value.as_str() {
+            "raw" => Some(Some(QueueFormat::Raw)),
+            "laravel" => Some(Some(QueueFormat::Laravel)),
+            other => {
+                cx.err(
+                    f.referenced,
+                    format!("unknown queue format `{other}`; write `raw` or `laravel`"),
+                );
+                None
+            }
+        },
+    }
 }
 
 fn is_stream_id(id: &str) -> bool {
@@ -525,34 +546,19 @@ fn sink_spec(
     conns: &Connections,
     rule_policy: Option<&ErrorPolicy>,
 ) -> Option<SinkSpec> {
-    let at = sink.referenced;
     let s = &sink.value;
-    let kinds: Vec<(&str, &SpStr)> = [
-        ("publish", &s.publish),
-        ("stream", &s.stream),
-        ("queue", &s.queue),
-        ("webhook", &s.webhook),
-    ]
-    .into_iter()
-    .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
-    .collect();
-    let (kind, key) = match kinds.as_slice() {
-        [one] => *one,
-        [] => {
-            cx.err(
-                at,
-                "sink has no kind; write one of `stream: KEY`, `publish: CHANNEL`, `queue: LIST` or `webhook: URL`",
-            );
-            return None;
-        }
-        [(a, _), (b, second), ..] => {
-            cx.err(
-                second.referenced,
-                format!("sink has both `{a}` and `{b}`; write each as its own item under `sinks:`"),
-            );
-            return None;
-        }
-    };
+    let (kind, key) = pick_kind(
+        cx,
+        sink.referenced,
+        [
+            ("publish", &s.publish),
+            ("stream", &s.stream),
+            ("queue", &s.queue),
+            ("webhook", &s.webhook),
+        ],
+        "sink has no kind; write one of `stream: KEY`, `publish: CHANNEL`, `queue: LIST` or `webhook: URL`",
+        "write each as its own item under `sinks:`",
+    )?;
     if kind != "stream" {
         cx.only_for(&s.maxlen, "maxlen", "stream sinks");
         cx.only_for(&s.fields, "fields", "stream sinks");
@@ -638,23 +644,17 @@ fn sink_spec(
             }
         }
         _ => {
-            let laravel_format = match &s.format {
-                None => Some(s.laravel.is_some()),
-                Some(f) => match f.value.as_str() {
-                    "raw" if s.laravel.is_some() => {
+            let laravel_format = match queue_format(cx, &s.format) {
+                None => None,
+                Some(None) => Some(s.laravel.is_some()),
+                Some(Some(QueueFormat::Laravel)) => Some(true),
+                Some(Some(QueueFormat::Raw)) if s.laravel.is_some() => {
+                    if let Some(f) = &s.format {
                         cx.err(f.referenced, "`format: raw` contradicts `laravel:`; remove `format`");
-                        None
                     }
-                    "raw" => Some(false),
-                    "laravel" => Some(true),
-                    other => {
-                        cx.err(
-                            f.referenced,
-                            format!("unknown queue format `{other}`; write `raw` or `laravel`"),
-                        );
-                        None
-                    }
-                },
+                    None
+                }
+                Some(Some(QueueFormat::Raw)) => Some(false),
             };
             if laravel_format == Some(true)
                 && let Some(b) = &s.body
