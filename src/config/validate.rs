@@ -333,6 +333,7 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
     let (kind, key) = pick_kind(
         cx,
         src.referenced,
+        "source",
         [
             ("channel", &s.channel),
             ("pattern", &s.pattern),
@@ -486,6 +487,7 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
 fn pick_kind<'a, const N: usize>(
     cx: &mut Ctx<'_>,
     at: Location,
+    what: &str,
     kinds: [(&'static str, &'a Option<SpStr>); N],
     none: &str,
     split: &str,
@@ -501,13 +503,7 @@ fn pick_kind<'a, const N: usize>(
             None
         }
         [(a, _), (b, second), ..] => {
-            cx.err(
-                second.referenced,
-                format!(
-                    "{} has both `{a}` and `{b}`; {split}",
-                    none.split(' ').next().unwrap_or("it")
-                ),
-            );
+            cx.err(second.referenced, format!("{what} has both `{a}` and `{b}`; {split}"));
             None
         }
     }
@@ -550,6 +546,7 @@ fn sink_spec(
     let (kind, key) = pick_kind(
         cx,
         sink.referenced,
+        "sink",
         [
             ("publish", &s.publish),
             ("stream", &s.stream),
