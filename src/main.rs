@@ -37,18 +37,25 @@ enum LogFormat {
     Json,
 }
 
+/// `-c FILE`, shared by the commands that read a rule file and touch Redis.
+#[derive(clap::Args)]
+struct RuleFile {
+    /// The rule file.
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "REDIS_ROUTER_CONFIG",
+        default_value = "routes.yaml"
+    )]
+    config: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the rules until SIGINT or SIGTERM; SIGHUP reloads the file.
     Run {
-        /// The rule file.
-        #[arg(
-            short = 'c',
-            long = "config",
-            env = "REDIS_ROUTER_CONFIG",
-            default_value = "routes.yaml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        file: RuleFile,
         /// How long stopping rules may take to finish what they hold.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         drain_timeout: Duration,
@@ -97,28 +104,16 @@ enum Command {
 enum DlqAction {
     /// Print the dead letters of the file's rules, one per line.
     List {
-        /// The rule file.
-        #[arg(
-            short = 'c',
-            long = "config",
-            env = "REDIS_ROUTER_CONFIG",
-            default_value = "routes.yaml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        file: RuleFile,
         /// Only this rule's.
         #[arg(long)]
         rule: Option<String>,
     },
     /// Send dead letters again to the sink that failed them; delete each once delivered.
     Replay {
-        /// The rule file.
-        #[arg(
-            short = 'c',
-            long = "config",
-            env = "REDIS_ROUTER_CONFIG",
-            default_value = "routes.yaml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        file: RuleFile,
         /// Only this rule's.
         #[arg(long)]
         rule: Option<String>,
@@ -152,7 +147,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run {
-            config,
+            file: RuleFile { config },
             drain_timeout,
             listen,
             dry_run,
@@ -205,7 +200,8 @@ fn print_config_error(e: &ConfigError) {
 }
 
 async fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
-    let (DlqAction::List { config: path, .. } | DlqAction::Replay { config: path, .. }) = &action;
+    let (DlqAction::List { file, .. } | DlqAction::Replay { file, .. }) = &action;
+    let path = &file.config;
     let set = match config::load(path) {
         Ok(set) => set,
         Err(e) => {
