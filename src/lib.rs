@@ -11,7 +11,8 @@
 //! - [`sink`]: publish, stream and queue sinks; one pipeline per batch.
 //! - [`laravel`]: Laravel's Redis queue wire format (job envelope, PHP serialize).
 //! - [`dlq`]: listing and replaying dead letters.
-//! - [`engine`]: the per-rule loop, dead letters, the supervisor and rule-set diffs.
+//! - [`engine`]: the per-rule loop, dead letters, the supervisor, rule-set diffs, the file
+//!   watcher and the reload step.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/status` and the status page.
 //! - [`redis_conn`]: how connections are opened (timeouts, TCP_NODELAY, prefixes).
 //! - [`stats`]: per-rule counters.

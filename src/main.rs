@@ -1,5 +1,5 @@
-//! The `redis-router` command: `run`, `check`. Tracing setup, signals and exit codes live here,
-//! and this is the only file that uses `anyhow`.
+//! The `redis-router` command: `run`, `check`, `test`, `demo`, `dlq`. Tracing setup, signals and
+//! exit codes live here, and this is the only file that uses `anyhow`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
