@@ -8,7 +8,7 @@
 //! - [`message`]: the one [`message::Message`] type, raw bytes plus lazily parsed JSON.
 //! - [`filter`]: compiled JSONPath filters, `{{…}}` templates and transforms (pure).
 //! - [`source`]: Pub/Sub, stream and list sources.
-//! - [`sink`]: publish, stream and queue sinks; one pipeline per batch.
+//! - [`sink`]: publish, stream, queue and webhook sinks; one pipeline per batch for Redis.
 //! - [`laravel`]: Laravel's Redis queue wire format (job envelope, PHP serialize).
 //! - [`dlq`]: listing and replaying dead letters.
 //! - [`engine`]: the per-rule loop, dead letters, the supervisor, rule-set diffs, the file
