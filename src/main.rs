@@ -245,6 +245,19 @@ async fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
 fn check(file: &Path, acl_user: Option<&str>) -> ExitCode {
     match config::load(file) {
         Ok(set) => {
+            // The rules' `tests:` are part of the file: a malformed case is a mistake too.
+            let case_errors = redis_router::testing::check(&set);
+            if !case_errors.is_empty() {
+                for e in &case_errors {
+                    eprintln!("{}: {e}", file.display());
+                }
+                eprintln!(
+                    "{} error{} found.",
+                    case_errors.len(),
+                    if case_errors.len() == 1 { "" } else { "s" }
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
             match acl_user {
                 None => {
                     for rule in &set.rules {

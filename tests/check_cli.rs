@@ -77,3 +77,20 @@ fn example_file_passes() {
         "{stdout}"
     );
 }
+
+#[test]
+fn check_reports_malformed_test_cases_too() {
+    let out = Command::new(router_bin())
+        .args(["check", "tests/fixtures/tests/invalid-cases.yaml"])
+        .current_dir(repo_root())
+        .output()
+        .expect("run check");
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.lines().any(|l| l
+            == "tests/fixtures/tests/invalid-cases.yaml: rule \"orders-to-stream\": tests[0].expect.sinks[0].feilds: unknown key `feilds`; did you mean `fields`?"),
+        "{stderr}"
+    );
+    assert!(stderr.ends_with("6 errors found.\n"), "{stderr}");
+}
