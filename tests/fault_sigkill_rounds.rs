@@ -6,7 +6,6 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use redis::AsyncCommands;
 use support::*;
 
 const ROUNDS: usize = 20;

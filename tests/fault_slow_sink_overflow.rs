@@ -5,7 +5,6 @@ mod support;
 
 use std::collections::HashSet;
 
-use redis::AsyncCommands;
 use support::hook::{HookServer, Reply};
 use support::*;
 
