@@ -21,6 +21,7 @@ use std::time::SystemTime;
 use serde_json::{Map, Value};
 
 use crate::config::{RuleSet, RuleSpec, SinkSpec, SinkSpecKind, SourceSpecKind, edit_distance};
+use crate::engine::route::{Admission, admit, sink_failure_reason, sink_takes};
 use crate::message::{Body, Message, Meta, SourceKind};
 use crate::sink::Sink;
 
@@ -641,33 +642,22 @@ impl Routing {
 /// source's problem, the rule filter, the transform, each sink's filter) and what each sink
 /// would write ([`Sink::preview`]).
 pub fn route(rule: &RuleSpec, msg: &Message) -> Routing {
-    if let Some(problem) = &msg.meta.problem {
-        return Routing::DeadLetter(problem.clone());
-    }
-    if let Some(filter) = &rule.filter {
-        match filter.matches(msg) {
-            Ok(true) => {}
-            Ok(false) => return Routing::FilteredOut,
-            Err(e) => return Routing::DeadLetter(format!("filter: {e}")),
-        }
-    }
-    let transformed = match &rule.transform {
-        Some(transform) => match transform.apply(msg) {
-            Ok(value) => Some(Message::from_json(value, msg.meta.clone())),
-            Err(e) => return Routing::DeadLetter(format!("transform: {e}")),
-        },
-        None => None,
+    let transformed = match admit(rule, msg) {
+        Admission::DeadLetter(reason) => return Routing::DeadLetter(reason),
+        Admission::FilteredOut => return Routing::FilteredOut,
+        Admission::Pass(copy) => copy.map(|c| *c),
     };
     let outgoing = transformed.as_ref().unwrap_or(msg);
     Routing::Sinks(
         rule.sinks
             .iter()
-            .map(|spec| match spec.filter.as_ref().map(|f| f.matches(outgoing)) {
-                Some(Ok(false)) => SinkRouting::Skipped,
-                Some(Err(e)) => SinkRouting::DeadLetter(format!("sink filter: {e}")),
-                None | Some(Ok(true)) => match Sink::preview(spec, outgoing) {
+            .map(|spec| match sink_takes(spec, outgoing) {
+                Ok(false) => SinkRouting::Skipped,
+                Err(reason) => SinkRouting::DeadLetter(reason),
+                Ok(true) => match Sink::preview(spec, outgoing) {
                     Ok(cmd) => SinkRouting::Writes(cmd),
-                    Err(e) => SinkRouting::DeadLetter(format!("sink refused the message (not retryable): {e}")),
+                    // Rendering failures are permanent in the engine too: dead-lettered at once.
+                    Err(e) => SinkRouting::DeadLetter(format!("{}: {e}", sink_failure_reason(false, 1))),
                 },
             })
             .collect(),
@@ -755,42 +745,11 @@ fn job_view(payload: &[u8]) -> Value {
     Value::Object(envelope)
 }
 
-/// The message a `format: laravel` queue source makes of a list element: the bytes unchanged,
-/// and the job's view for filters and templates.
-///
-/// This repeats `source::list`'s private `laravel_message`; that function should become public
-/// so that both use one.
-fn laravel_message(element: Vec<u8>, mut meta: Meta) -> Message {
-    match crate::laravel::parse_job(&element) {
-        Ok(job) => {
-            let class = job
-                .display_name
-                .clone()
-                .or_else(|| job.command_name.clone())
-                .unwrap_or_else(|| job.job.split('@').next().unwrap_or_default().to_string());
-            let short = class.rsplit('\\').next().unwrap_or_default().to_string();
-            let view = serde_json::json!({
-                "uuid": job.uuid,
-                "displayName": job.display_name,
-                "job": job.job,
-                "commandName": job.command_name,
-                "shortName": short,
-                "data": job.data,
-            });
-            Message::with_json_view(Body::Bytes(element), meta, view)
-        }
-        Err(e) => {
-            meta.problem = Some(format!("not a Laravel job: {e}"));
-            Message::new(Body::Bytes(element), meta)
-        }
-    }
-}
-
 impl TestCase {
     /// The message the rule's source would deliver for this case.
     pub fn message(&self) -> Message {
         match (&self.body, self.laravel_job) {
-            (Body::Bytes(bytes), true) => laravel_message(bytes.clone(), self.meta.clone()),
+            (Body::Bytes(bytes), true) => crate::source::laravel_message(bytes.clone(), self.meta.clone()),
             (body, _) => Message::new(body.clone(), self.meta.clone()),
         }
     }

@@ -4,6 +4,7 @@
 pub mod deadletter;
 pub mod diff;
 pub mod reload;
+pub mod route;
 pub mod rule;
 pub mod supervisor;
 pub mod watcher;

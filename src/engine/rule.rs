@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::deadletter::{DeadLetter, DeadLetters};
+use super::route::{Admission, admit, sink_failure_reason, sink_takes};
 use crate::config::{ErrorPolicy, RuleSpec, SourceSpecKind, StreamStart};
 use crate::message::Message;
 use crate::sink::{Sink, SinkError};
@@ -309,51 +310,22 @@ impl RuleLoop {
         let mut transformed: Vec<(usize, Message)> = Vec::new();
         let mut passing: Vec<usize> = Vec::with_capacity(batch.len());
         for (i, msg) in batch.iter().enumerate() {
-            if let Some(problem) = &msg.meta.problem {
-                dead.push(Doomed {
+            match admit(&self.spec, msg) {
+                Admission::DeadLetter(reason) => dead.push(Doomed {
                     index: i,
-                    reason: problem.clone(),
+                    reason,
                     error: None,
                     sink: None,
                     attempts: 0,
-                });
-                continue;
-            }
-            if let Some(filter) = &self.spec.filter {
-                match filter.matches(msg) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        RuleStats::add(&self.stats.filtered_out, 1);
-                        continue;
+                }),
+                Admission::FilteredOut => RuleStats::add(&self.stats.filtered_out, 1),
+                Admission::Pass(copy) => {
+                    if let Some(copy) = copy {
+                        transformed.push((i, *copy));
                     }
-                    Err(e) => {
-                        dead.push(Doomed {
-                            index: i,
-                            reason: format!("filter: {e}"),
-                            error: None,
-                            sink: None,
-                            attempts: 0,
-                        });
-                        continue;
-                    }
+                    passing.push(i);
                 }
             }
-            if let Some(transform) = &self.spec.transform {
-                match transform.apply(msg) {
-                    Ok(value) => transformed.push((i, Message::from_json(value, msg.meta.clone()))),
-                    Err(e) => {
-                        dead.push(Doomed {
-                            index: i,
-                            reason: format!("transform: {e}"),
-                            error: None,
-                            sink: None,
-                            attempts: 0,
-                        });
-                        continue;
-                    }
-                }
-            }
-            passing.push(i);
         }
         let outgoing: Vec<&Message> = if self.spec.transform.is_some() {
             transformed.iter().map(|(_, m)| m).collect()
@@ -368,15 +340,15 @@ impl RuleLoop {
             for (s, spec) in self.spec.sinks.iter().enumerate() {
                 let mut takes = Vec::with_capacity(outgoing.len());
                 for (j, msg) in outgoing.iter().enumerate() {
-                    match spec.filter.as_ref().map(|f| f.matches(msg)) {
-                        None | Some(Ok(true)) => takes.push(j),
-                        Some(Ok(false)) => {}
-                        Some(Err(e)) => {
+                    match sink_takes(spec, msg) {
+                        Ok(true) => takes.push(j),
+                        Ok(false) => {}
+                        Err(reason) => {
                             failed_any[j] = true;
                             RuleStats::add(&self.sink_stats[s].dead_lettered, 1);
                             dead.push(Doomed {
                                 index: passing[j],
-                                reason: format!("sink filter: {e}"),
+                                reason,
                                 error: None,
                                 sink: Some(s),
                                 attempts: 0,
@@ -416,11 +388,7 @@ impl RuleLoop {
                         for (local, err, attempts) in failures {
                             let j = per_sink[s][local];
                             failed_any[j] = true;
-                            let reason = if err.is_retryable() {
-                                format!("sink failed {attempts} times")
-                            } else {
-                                "sink refused the message (not retryable)".to_string()
-                            };
+                            let reason = sink_failure_reason(err.is_retryable(), attempts);
                             dead.push(Doomed {
                                 index: passing[j],
                                 reason,

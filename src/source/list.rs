@@ -196,7 +196,7 @@ impl ListSource {
 /// command holds only arrays and scalars, else null) and `shortName` (the class without its
 /// namespace, so a filter can say `@.shortName == 'SendInvoice'` without escaping backslashes).
 /// A payload that is not a Laravel job is dead-lettered with the reason.
-fn laravel_message(element: Vec<u8>, mut meta: Meta) -> Message {
+pub fn laravel_message(element: Vec<u8>, mut meta: Meta) -> Message {
     match crate::laravel::parse_job(&element) {
         Ok(job) => {
             let class = job

@@ -11,7 +11,7 @@ mod stream;
 
 use std::sync::Arc;
 
-pub use list::ListSource;
+pub use list::{ListSource, laravel_message};
 pub use pubsub::PubSubSource;
 pub use stream::StreamSource;
 
