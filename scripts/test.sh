@@ -23,4 +23,12 @@ if [ -x scripts/install-php.sh ]; then
   scripts/install-php.sh
 fi
 
-cargo test "$@"
+# cargo prints one summary per test binary, the doc tests last (often 0 of them); close with one
+# line that counts every test that ran.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test "$@" 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
