@@ -39,10 +39,30 @@ async fn router_works_as_the_printed_acl_user_and_nothing_more() {
         .query_async(&mut admin)
         .await
         .unwrap();
+    // New connections can no longer log in as `default`: the router must use its own user.
+    // (The test's own connection stays logged in.)
+    let _: () = redis::cmd("ACL").arg("SETUSER").arg("default").arg("off").query_async(&mut admin).await.unwrap();
 
     let url = format!("redis://redis-router:router-pw@127.0.0.1:{}", redis.port);
-    let yaml = std::fs::read_to_string(repo_root().join("routes.example.yaml")).unwrap();
-    let router = RouterProcess::start(&yaml, &url);
+    // The router's own file gives the password through `password_file`, not the URL.
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("redis-password");
+    std::fs::write(&password_file, "router-pw\n").unwrap();
+    let yaml = std::fs::read_to_string(repo_root().join("routes.example.yaml"))
+        .unwrap()
+        .replace(
+            r#"default: { url: "${REDIS_URL:-redis://127.0.0.1:6379}" }"#,
+            &format!(r#"default: {{ url: "${{REDIS_URL}}", username: redis-router, password_file: "{}" }}"#, password_file.display()),
+        )
+        .replace(
+            r#"laravel: { url: "${REDIS_URL:-redis://127.0.0.1:6379}", prefix: "laravel_database_" }"#,
+            &format!(
+                r#"laravel: {{ url: "${{REDIS_URL}}", prefix: "laravel_database_", username: redis-router, password_file: "{}" }}"#,
+                password_file.display()
+            ),
+        );
+    assert_eq!(yaml.matches("password_file").count(), 2, "{yaml}");
+    let router = RouterProcess::start(&yaml, &redis.url());
     wait_subscribers(&mut admin, "events:order", 1).await;
     wait_group(&mut admin, "demo_stream", "to-b").await;
     let _: i64 = admin
