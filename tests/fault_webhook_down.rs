@@ -29,12 +29,22 @@ rules:
     sinks:
       - webhook: "{}"
         timeout: 2s
+  - name: other
+    source: {{ channel: other }}
+    sinks: [ {{ stream: other-out }} ]
 "#,
         hook.url("/orders")
     );
     let router = RouterProcess::start(&yaml, &redis.url());
     let conn = redis.conn().await;
     wait_group(&mut conn.clone(), "orders", "g").await;
+    wait_subscribers(&mut conn.clone(), "other", 1).await;
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
 
     let start = Instant::now();
     let mut produced = 0u64;
@@ -47,6 +57,8 @@ rules:
             pipe.xadd("orders", "*", &[("n", produced.to_string())]).ignore();
             produced += 1;
         }
+        // Another rule's traffic, timed: the failing webhook must not slow it.
+        pipe.publish("other", format!("{{\"sent\":{}}}", now_ms())).ignore();
         let _: () = within(pipe.query_async(&mut c)).await.unwrap();
         peak_rss = peak_rss.max(router.memory_kib().1);
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -81,4 +93,24 @@ rules:
     let mut c = conn.clone();
     let dead: usize = c.xlen("redis-router:dead-letter").await.unwrap();
     assert_eq!(dead, 0);
+    // The other rule's messages: the stream entry id is Redis's clock when it was written.
+    let other = xrange(&mut c, "other-out").await;
+    assert!(
+        other.len() >= 250,
+        "the other rule kept flowing: {} messages",
+        other.len()
+    );
+    let worst = other
+        .iter()
+        .map(|(id, f)| {
+            let written: u64 = id.split('-').next().unwrap().parse().unwrap();
+            written.saturating_sub(f[0].1.parse::<u64>().unwrap())
+        })
+        .max()
+        .unwrap();
+    eprintln!(
+        "the other rule during the outage: {} messages, worst latency {worst} ms",
+        other.len()
+    );
+    assert!(worst < 1000, "a failing webhook slowed another rule: {worst} ms");
 }
