@@ -224,3 +224,75 @@ async fn jobs_dispatched_onto_default_reach_only_their_own_workers() {
     assert_eq!(daemon.counter("split-default", "delivered"), (INVOICES + CALLS) as u64);
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_jobs_wait_in_the_delayed_set_then_run() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    let yaml = r#"
+connections:
+  laravel: { url: "${REDIS_URL}", prefix: "laravel_database_" }
+rules:
+  - name: later
+    source: { channel: "later-in", connection: laravel }
+    sinks:
+      - queue: to-b
+        connection: laravel
+        laravel: { job: 'App\Jobs\CALLP2', delay: 2s, tries: 3, timeout: 30s, backoff: "5s,10s" }
+"#;
+    let daemon = spawn_daemon(yaml, &redis.url()).await;
+    wait_subscribers(&mut conn, "laravel_database_later-in", 1).await;
+    let sent = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let _: i64 = conn
+        .publish("laravel_database_later-in", r#"{"later":true}"#)
+        .await
+        .unwrap();
+    let (job, due): (String, u64) = wait_for("a delayed job", TIMEOUT, || {
+        let mut conn = conn.clone();
+        async move {
+            let v: Vec<(String, u64)> = conn
+                .zrange_withscores("laravel_database_queues:to-b:delayed", 0, -1)
+                .await
+                .ok()?;
+            v.into_iter().next()
+        }
+    })
+    .await;
+    assert!(due >= sent + 2 && due <= sent + 3, "due {due}, sent {sent}");
+    let ready: usize = conn.llen("laravel_database_queues:to-b").await.unwrap();
+    let notify: usize = conn.llen("laravel_database_queues:to-b:notify").await.unwrap();
+    assert_eq!(
+        (ready, notify),
+        (0, 0),
+        "a delayed job is not ready and has no notify entry"
+    );
+    let envelope: serde_json::Value = serde_json::from_str(&job).unwrap();
+    assert_eq!(envelope["maxTries"], 3);
+    assert_eq!(envelope["timeout"], 30);
+    assert_eq!(envelope["backoff"], "5,10");
+    // Once due, Laravel's worker migrates it to the queue and runs it.
+    wait_for("the job to be due", std::time::Duration::from_secs(5), || async move {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        (now > due).then_some(())
+    })
+    .await;
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("jobs.log");
+    let port = redis.port;
+    let l = log.clone();
+    let out = tokio::task::spawn_blocking(move || run_worker(port, "laravel_database_", "to-b", &l))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        read_job_log(&log),
+        vec![("CALLP2".to_string(), r#"{"later":true}"#.to_string())]
+    );
+    daemon.stop().await;
+}
