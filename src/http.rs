@@ -147,6 +147,8 @@ async fn status(State(state): State<Arc<HttpState>>) -> Response {
             let mut rule = json!({
                 "name": spec.name,
                 "state": st.get().as_str(),
+                // Every instance runs every rule; consumer groups and queues share the work.
+                "active": st.get() == RuleState::Running,
                 "source": spec.source.kind.to_string(),
                 "sinks": sinks,
                 "last_error": st.last_error().map(|e| scrub(&e)),
@@ -162,6 +164,7 @@ async fn status(State(state): State<Arc<HttpState>>) -> Response {
         })
         .collect();
     let body = json!({
+        "instance": crate::identity::name(),
         "generation": ReloadStats::get(&reloads.generation),
         "hash": reloads.hash(),
         "draining": state.draining.is_cancelled(),

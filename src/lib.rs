@@ -13,6 +13,7 @@
 //! - [`dlq`]: listing and replaying dead letters.
 //! - [`engine`]: the per-rule loop, dead letters, the supervisor, rule-set diffs, the file
 //!   watcher and the reload step.
+//! - [`identity`]: this process's name as a consumer (host, or host and instance id).
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/status` and the status page.
 //! - [`redis_conn`]: how connections are opened (timeouts, TCP_NODELAY, prefixes).
 //! - [`stats`]: per-rule counters.
@@ -30,6 +31,7 @@ pub mod dlq;
 pub mod engine;
 pub mod filter;
 pub mod http;
+pub mod identity;
 pub mod laravel;
 pub mod message;
 pub mod redis_conn;

@@ -66,6 +66,10 @@ enum Command {
         /// Read and filter for real, print what each sink would write, write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// This process's instance id: its consumer name becomes HOST-ID. Give each process
+        /// that shares a rule file on one host its own.
+        #[arg(long, env = "REDIS_ROUTER_INSTANCE")]
+        instance: Option<String>,
         /// How long the file must be quiet after a change before it is reloaded.
         #[arg(long, env = "REDIS_ROUTER_RELOAD_DEBOUNCE", value_parser = humantime::parse_duration)]
         reload_debounce: Option<Duration>,
@@ -152,7 +156,11 @@ fn main() -> ExitCode {
             listen,
             dry_run,
             reload_debounce,
+            instance,
         } => {
+            if let Some(id) = &instance {
+                redis_router::identity::set_instance(id);
+            }
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -385,6 +393,7 @@ async fn run(path: &Path, options: RunOptions) -> anyhow::Result<ExitCode> {
         rules = reloader.supervisor().rule_names().len(),
         file = %path.display(),
         debounce_ms = debounce.as_millis() as u64,
+        instance = %redis_router::identity::name(),
         "Router started."
     );
 

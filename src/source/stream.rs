@@ -88,12 +88,7 @@ const MAX_ACKS_IN_FLIGHT: usize = 4;
 /// The name this host uses as a consumer when the rule gives none: stable across restarts, so
 /// a restarted router finds its own pending entries.
 pub fn default_consumer() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "redis-router".to_string())
+    crate::identity::name()
 }
 
 impl StreamSource {

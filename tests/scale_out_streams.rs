@@ -1,0 +1,136 @@
+//! Three router processes on one rule file against one redis-server: 50,000 stream entries
+//! through one consumer group, one process killed with SIGKILL half-way. Every entry is
+//! delivered, duplicates only from the killed process's batch in flight (counted), and every
+//! process did a share.
+
+mod support;
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use support::*;
+
+const TOTAL: usize = 50_000;
+
+const RULES: &str = r#"
+connections:
+  default: { url: "${REDIS_URL}" }
+rules:
+  - name: copy
+    source: { stream: src, group: g, start: oldest, batch: 100, block: 100ms, claim_idle: 1s }
+    sinks:
+      - stream: dst
+        fields: { original_id: "{{meta.id}}", by: "${REDIS_ROUTER_INSTANCE}" }
+"#;
+
+/// A router process with its own instance id (so its own consumer name).
+fn router(dir: &std::path::Path, url: &str, instance: &str) -> std::process::Child {
+    Command::new(router_bin())
+        .args(["run", "-c"])
+        .arg(dir.join("routes.yaml"))
+        .env("REDIS_URL", url)
+        .env("REDIS_ROUTER_INSTANCE", instance)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{instance}.log"))).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_the_work_and_survive_a_kill() {
+    let redis = RedisServer::start();
+    let conn = redis.conn().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.yaml"), RULES).unwrap();
+    let mut routers: Vec<std::process::Child> = ["a", "b", "c"]
+        .iter()
+        .map(|i| router(dir.path(), &redis.url(), i))
+        .collect();
+
+    // Produce while the routers run, in paced chunks.
+    let producer = tokio::spawn({
+        let mut conn = conn.clone();
+        async move {
+            for chunk in 0..TOTAL / 500 {
+                let mut pipe = redis::pipe();
+                for i in 0..500 {
+                    pipe.xadd("src", "*", &[("n", (chunk * 500 + i).to_string())]).ignore();
+                }
+                let _: () = pipe.query_async(&mut conn).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    wait_for("half copied", Duration::from_secs(60), || {
+        let mut c = conn.clone();
+        async move {
+            let n: usize = c.xlen("dst").await.ok()?;
+            (n >= TOTAL / 2).then_some(())
+        }
+    })
+    .await;
+    let _ = routers[1].kill(); // SIGKILL
+    let _ = routers[1].wait();
+    within(producer).await.unwrap();
+
+    let dst = wait_for("every entry copied", Duration::from_secs(90), || {
+        let mut c = conn.clone();
+        async move {
+            let n: usize = c.xlen("dst").await.ok()?;
+            if n < TOTAL {
+                return None;
+            }
+            let dst = xrange(&mut c, "dst").await;
+            let distinct: std::collections::HashSet<&str> = dst
+                .iter()
+                .filter_map(|(_, f)| f.iter().find(|(k, _)| k == "original_id").map(|(_, v)| v.as_str()))
+                .collect();
+            (distinct.len() == TOTAL).then_some(dst)
+        }
+    })
+    .await;
+    let mut by: HashMap<String, usize> = HashMap::new();
+    let mut per_id: HashMap<&str, u32> = HashMap::new();
+    for (_, f) in &dst {
+        for (k, v) in f {
+            match k.as_str() {
+                "by" => *by.entry(v.clone()).or_default() += 1,
+                "original_id" => *per_id.entry(v.as_str()).or_default() += 1,
+                _ => {}
+            }
+        }
+    }
+    let duplicates = dst.len() - per_id.len();
+    eprintln!(
+        "{TOTAL} entries, 3 instances, b killed half-way: shares {by:?}, {duplicates} duplicates (bound: b's batch, 100)"
+    );
+    assert_eq!(per_id.len(), TOTAL, "nothing lost");
+    assert!(duplicates <= 100, "{duplicates} duplicates");
+    for instance in ["a", "b", "c"] {
+        assert!(
+            by.get(instance).copied().unwrap_or(0) > 0,
+            "{instance} did a share: {by:?}"
+        );
+    }
+    let consumers: redis::Value = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg("src")
+        .arg("g")
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap();
+    let text = format!("{consumers:?}");
+    let host = redis_router::identity::host();
+    for instance in ["a", "b", "c"] {
+        assert!(
+            text.contains(&format!("{host}-{instance}")),
+            "consumer {host}-{instance} in {text}"
+        );
+    }
+    for mut r in routers {
+        let _ = r.kill();
+        let _ = r.wait();
+    }
+}
