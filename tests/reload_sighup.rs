@@ -5,9 +5,6 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-
 use support::*;
 
 fn rules(names: &[&str]) -> String {
@@ -20,82 +17,16 @@ fn rules(names: &[&str]) -> String {
     out
 }
 
-struct Router {
-    child: Child,
-    log: PathBuf,
-    file: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Router {
-    fn start(yaml: &str, url: &str) -> Router {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("routes.yaml");
-        std::fs::write(&file, yaml).expect("write rules");
-        let log = dir.path().join("router.log");
-        let child = Command::new(router_bin())
-            .arg("run")
-            .arg("-c")
-            .arg(&file)
-            .env("REDIS_URL", url)
-            .env("REDIS_ROUTER_RELOAD_DEBOUNCE", "1h")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn redis-router");
-        Router {
-            child,
-            log,
-            file,
-            _dir: dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn hup(&self) {
-        let status = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    async fn wait_line(&self, what: &str, needles: &[&str]) -> String {
-        wait_for(what, TIMEOUT, || async {
-            self.log()
-                .lines()
-                .find(|l| needles.iter().all(|n| l.contains(n)))
-                .map(str::to_string)
-        })
-        .await
-    }
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- router log ---\n{}", self.log());
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_through_the_same_step() {
     let redis = RedisServer::start();
     let mut conn = redis.conn().await;
-    let router = Router::start(&rules(&["a"]), &redis.url());
+    let router = RouterProcess::start_with(&rules(&["a"]), &redis.url(), &["--reload-debounce", "1h"]);
     router.wait_line("the router to start", &["Router started."]).await;
     wait_subscribers(&mut conn, "in:a", 1).await;
 
     std::fs::write(&router.file, rules(&["a", "b"])).unwrap();
-    router.hup();
+    router.signal("HUP");
     let line = router
         .wait_line("the reload", &["Rules reloaded.", " generation=2 "])
         .await;
@@ -104,7 +35,7 @@ async fn sighup_reloads_through_the_same_step() {
     wait_subscribers(&mut conn, "in:b", 1).await;
 
     // Nothing changed: the signal still gets its line (and a generation), nothing restarts.
-    router.hup();
+    router.signal("HUP");
     let line = router
         .wait_line("the second reload", &["Rules reloaded.", " generation=3 "])
         .await;
@@ -112,7 +43,7 @@ async fn sighup_reloads_through_the_same_step() {
 
     // Invalid: rejected with its position, generation stays.
     std::fs::write(&router.file, rules(&["a", "b"]).replace("name: b", "nme: b")).unwrap();
-    router.hup();
+    router.signal("HUP");
     let rejected = router
         .wait_line("the rejection", &["Reload rejected; the running rules stay."])
         .await;

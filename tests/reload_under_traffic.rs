@@ -13,8 +13,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -68,80 +67,19 @@ rules:
 }
 
 /// `redis-router run` on a rule file of the test's own, with a short debounce.
-struct Router {
-    child: Child,
-    log: PathBuf,
-    file: PathBuf,
-    _dir: tempfile::TempDir,
+fn start_router(yaml: &str, url: &str) -> RouterProcess {
+    RouterProcess::start_with(yaml, url, &["--reload-debounce", "100ms"])
 }
 
-impl Router {
-    fn start(yaml: &str, url: &str) -> Router {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("routes.yaml");
-        std::fs::write(&file, yaml).expect("write rules");
-        let log = dir.path().join("router.log");
-        let child = Command::new(router_bin())
-            .arg("run")
-            .arg("-c")
-            .arg(&file)
-            .env("REDIS_URL", url)
-            .env("REDIS_ROUTER_RELOAD_DEBOUNCE", "100ms")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn redis-router");
-        Router {
-            child,
-            log,
-            file,
-            _dir: dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Replace the rule file the way an editor does: write a temporary file, rename it over.
-    fn write_renamed(&self, text: &str) {
-        let tmp = self.file.with_file_name(".routes.yaml.swp");
-        std::fs::write(&tmp, text).expect("write temp file");
-        std::fs::rename(&tmp, &self.file).expect("rename over the rule file");
-    }
-
-    /// Overwrite the rule file in place.
-    fn write_in_place(&self, text: &str) {
-        std::fs::write(&self.file, text).expect("write rule file");
-    }
-
-    /// Wait for the INFO line of `generation`; returns it.
-    async fn reloaded(&self, generation: u64) -> String {
-        let needle = format!(" generation={generation} ");
-        wait_for(&format!("the reload to generation {generation}"), TIMEOUT, || async {
-            self.log()
-                .lines()
-                .find(|l| l.contains("Rules reloaded.") && l.contains(&needle))
-                .map(str::to_string)
-        })
+/// Wait for the INFO line of `generation`; returns it.
+async fn reloaded(router: &RouterProcess, generation: u64) -> String {
+    let needle = format!(" generation={generation} ");
+    router
+        .wait_line(
+            &format!("the reload to generation {generation}"),
+            &["Rules reloaded.", &needle],
+        )
         .await
-    }
-
-    fn count(&self, what: &str) -> usize {
-        self.log().lines().filter(|l| l.contains(what)).count()
-    }
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- router log ---\n{}", self.log());
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn short_hash(text: &str) -> String {
@@ -183,7 +121,7 @@ async fn five_rewrites_under_traffic_lose_nothing() {
     let redis = RedisServer::start();
     let mut conn = redis.conn().await;
     let step0 = rules(false, false, true);
-    let router = Router::start(&step0, &redis.url());
+    let router = start_router(&step0, &redis.url());
     wait_subscribers(&mut conn, "events", 3).await;
     wait_group(&mut conn, "orders", "router").await;
     let first = wait_for("the first generation", TIMEOUT, || async {
@@ -237,7 +175,7 @@ async fn five_rewrites_under_traffic_lose_nothing() {
     // 1. Add a rule (in place).
     let step1 = rules(true, false, true);
     router.write_in_place(&step1);
-    let line = router.reloaded(2).await;
+    let line = reloaded(&router, 2).await;
     let after_add = published.load(Ordering::SeqCst);
     assert_eq!(field(&line, "hash"), short_hash(&step1));
     assert_eq!(field(&line, "added"), r#"["added"]"#);
@@ -249,7 +187,7 @@ async fn five_rewrites_under_traffic_lose_nothing() {
     let before_change = published.load(Ordering::SeqCst);
     let step2 = rules(true, true, true);
     router.write_renamed(&step2);
-    let line = router.reloaded(3).await;
+    let line = reloaded(&router, 3).await;
     let after_change = published.load(Ordering::SeqCst);
     assert_eq!(field(&line, "hash"), short_hash(&step2));
     assert_eq!(field(&line, "added"), "[]");
@@ -262,7 +200,7 @@ async fn five_rewrites_under_traffic_lose_nothing() {
     let before_remove = published.load(Ordering::SeqCst);
     let step3 = rules(true, true, false);
     router.write_renamed(&step3);
-    let line = router.reloaded(4).await;
+    let line = reloaded(&router, 4).await;
     let after_remove = published.load(Ordering::SeqCst);
     assert_eq!(field(&line, "removed"), r#"["doomed"]"#);
     assert_eq!(field(&line, "added"), "[]");
@@ -308,7 +246,7 @@ async fn five_rewrites_under_traffic_lose_nothing() {
     // with a comment).
     let step5 = format!("# fixed\n{step3}");
     router.write_renamed(&step5);
-    let line = router.reloaded(5).await;
+    let line = reloaded(&router, 5).await;
     assert_eq!(field(&line, "hash"), short_hash(&step5));
     assert_eq!(field(&line, "added"), "[]");
     assert_eq!(field(&line, "changed"), "[]");
@@ -378,20 +316,6 @@ async fn five_rewrites_under_traffic_lose_nothing() {
     let pid = router.child.id().to_string();
     let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
     assert!(status.success());
-    let code = tokio::task::block_in_place(|| wait_exit(&mut router.child, Duration::from_secs(15)));
+    let code = tokio::task::block_in_place(|| router.wait_exit(Duration::from_secs(15)));
     assert_eq!(code, Some(0), "SIGTERM drains and exits 0");
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status.code();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "router did not exit in {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

@@ -396,6 +396,8 @@ pub fn repo_root() -> &'static Path {
 pub struct RouterProcess {
     pub child: Child,
     pub log: PathBuf,
+    /// The rule file it runs (tests rewrite it to trigger reloads).
+    pub file: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -422,7 +424,40 @@ impl RouterProcess {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn redis-router");
-        RouterProcess { child, log, _dir: dir }
+        RouterProcess {
+            child,
+            log,
+            file,
+            _dir: dir,
+        }
+    }
+
+    /// Replace the rule file the way an editor does: write a temporary file, rename it over.
+    pub fn write_renamed(&self, text: &str) {
+        let tmp = self.file.with_file_name(".routes.yaml.swp");
+        std::fs::write(&tmp, text).expect("write temp file");
+        std::fs::rename(&tmp, &self.file).expect("rename over the rule file");
+    }
+
+    /// Overwrite the rule file in place.
+    pub fn write_in_place(&self, text: &str) {
+        std::fs::write(&self.file, text).expect("write rule file");
+    }
+
+    /// Wait for a log line containing every one of `needles`; returns it.
+    pub async fn wait_line(&self, what: &str, needles: &[&str]) -> String {
+        wait_for(what, TIMEOUT, || async {
+            self.log()
+                .lines()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+                .map(str::to_string)
+        })
+        .await
+    }
+
+    /// How many log lines contain `what`.
+    pub fn count(&self, what: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(what)).count()
     }
 
     pub fn log(&self) -> String {
