@@ -41,7 +41,13 @@ async fn router_works_as_the_printed_acl_user_and_nothing_more() {
         .unwrap();
     // New connections can no longer log in as `default`: the router must use its own user.
     // (The test's own connection stays logged in.)
-    let _: () = redis::cmd("ACL").arg("SETUSER").arg("default").arg("off").query_async(&mut admin).await.unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("off")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
 
     let url = format!("redis://redis-router:router-pw@127.0.0.1:{}", redis.port);
     // The router's own file gives the password through `password_file`, not the URL.
