@@ -165,7 +165,12 @@ pub fn grants(set: &RuleSet) -> Vec<ServerGrants> {
                 };
                 g.keys.insert(literal(sc, &name));
                 g.keys.insert(format!("{}:processing:*", literal(sc, &name)));
-                g.command(&["blmove", "lmove", "lrange", "lrem"]);
+                g.keys.insert(format!("{}:heartbeat:*", literal(sc, &name)));
+                g.keys.insert(format!("{}:consumers", literal(sc, &name)));
+                // EVAL: the recovery script of dead consumers (LMOVE, SREM, EXISTS inside).
+                g.command(&[
+                    "blmove", "lmove", "lrange", "lrem", "set", "sadd", "smembers", "srem", "exists", "eval",
+                ]);
             }
         }
         let dead_letters =

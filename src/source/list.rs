@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use redis::Value;
 use redis::aio::ConnectionManager;
@@ -25,6 +25,23 @@ use crate::stats::RuleStats;
 
 /// Elements taken per batch: one blocking move, then up to this many more without waiting.
 const BATCH: usize = 100;
+/// How often a consumer refreshes its heartbeat and looks for dead consumers.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+/// A consumer whose heartbeat is older than this is dead: its processing list goes back to the
+/// queue. Several heartbeats long, so a busy but living consumer is not taken for dead.
+const HEARTBEAT_TTL: Duration = Duration::from_secs(10);
+
+/// Give a dead consumer's elements back to the queue, atomically and only if its heartbeat is
+/// still missing: from the tail of its processing list to the head of the queue, so they keep
+/// their order and are taken next. KEYS: processing list, queue, consumer set, heartbeat key;
+/// ARGV: the consumer. Returns how many were moved, or -1 if the consumer is alive after all.
+const RECOVER: &str = r"
+if redis.call('exists', KEYS[4]) == 1 then return -1 end
+local n = 0
+while redis.call('lmove', KEYS[1], KEYS[2], 'RIGHT', 'LEFT') do n = n + 1 end
+redis.call('srem', KEYS[3], ARGV[1])
+return n
+";
 
 /// A list source.
 pub struct ListSource {
@@ -40,6 +57,12 @@ pub struct ListSource {
     block: Duration,
     /// Elements a previous run left in the processing list, delivered first.
     recovered: VecDeque<Vec<u8>>,
+    /// This consumer's name.
+    consumer: String,
+    /// The set of consumers of this queue, for finding dead ones.
+    consumers_key: String,
+    /// When to refresh the heartbeat next.
+    next_heartbeat: Instant,
     rule: Arc<str>,
     stats: Arc<RuleStats>,
 }
@@ -91,18 +114,64 @@ impl ListSource {
         if !left.is_empty() {
             info!(queue = %name, count = left.len(), "Recovering elements a previous run left in its processing list.");
         }
-        Ok(ListSource {
+        let mut source = ListSource {
             conn,
             connection: spec.connection.clone(),
+            consumers_key: format!("{key}:consumers"),
             key,
             processing,
             name,
             format: *format,
             block: *block,
             recovered: left.into(),
+            consumer,
+            next_heartbeat: Instant::now(),
             rule,
             stats,
-        })
+        };
+        source.heartbeat().await?;
+        Ok(source)
+    }
+
+    fn heartbeat_key(&self, consumer: &str) -> String {
+        format!("{}:heartbeat:{consumer}", self.key)
+    }
+
+    /// Refresh this consumer's heartbeat, and give the elements of consumers whose heartbeat
+    /// has expired (a router that crashed and does not come back) back to the queue.
+    async fn heartbeat(&mut self) -> Result<(), SourceError> {
+        self.next_heartbeat = Instant::now() + HEARTBEAT_EVERY;
+        let (_, _, members): ((), (), Vec<String>) = redis::pipe()
+            .cmd("SET")
+            .arg(self.heartbeat_key(&self.consumer))
+            .arg(1)
+            .arg("PX")
+            .arg(HEARTBEAT_TTL.as_millis() as u64)
+            .cmd("SADD")
+            .arg(&self.consumers_key)
+            .arg(&self.consumer)
+            .cmd("SMEMBERS")
+            .arg(&self.consumers_key)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.err("heartbeat"))?;
+        for other in members.into_iter().filter(|c| *c != self.consumer) {
+            let moved: i64 = redis::cmd("EVAL")
+                .arg(RECOVER)
+                .arg(4)
+                .arg(format!("{}:processing:{other}", self.key))
+                .arg(&self.key)
+                .arg(&self.consumers_key)
+                .arg(self.heartbeat_key(&other))
+                .arg(&other)
+                .query_async(&mut self.conn)
+                .await
+                .map_err(self.err("recover"))?;
+            if moved > 0 {
+                info!(queue = %self.name, consumer = %other, count = moved, "Gave a dead consumer's elements back to the queue.");
+            }
+        }
+        Ok(())
     }
 
     fn err(&self, op: &'static str) -> impl FnOnce(redis::RedisError) -> SourceError + '_ {
@@ -118,6 +187,9 @@ impl ListSource {
     /// # Cancel safety
     /// Cancel safe: a moved element is in the processing list, delivered at the next start.
     pub async fn recv(&mut self) -> Result<Vec<Message>, SourceError> {
+        if Instant::now() >= self.next_heartbeat {
+            self.heartbeat().await?;
+        }
         let mut elements: Vec<Vec<u8>> = Vec::new();
         if !self.recovered.is_empty() {
             let n = self.recovered.len().min(BATCH);

@@ -60,7 +60,7 @@ pub enum Source {
     /// XREADGROUP / XREAD (boxed: it is much larger than the other kinds).
     Stream(Box<StreamSource>),
     /// BLMOVE from a list.
-    List(ListSource),
+    List(Box<ListSource>),
 }
 
 impl Source {
@@ -82,7 +82,7 @@ impl Source {
             SourceSpecKind::Stream { .. } => {
                 Source::Stream(Box::new(StreamSource::open(spec, rule.clone(), stats).await?))
             }
-            SourceSpecKind::Queue { .. } => Source::List(ListSource::open(spec, rule.clone(), stats).await?),
+            SourceSpecKind::Queue { .. } => Source::List(Box::new(ListSource::open(spec, rule.clone(), stats).await?)),
         })
     }
 
