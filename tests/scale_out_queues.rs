@@ -5,24 +5,11 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use redis::AsyncCommands;
 use support::hook::{HookServer, Reply};
 use support::*;
-
-fn router(dir: &std::path::Path, url: &str, instance: &str) -> std::process::Child {
-    Command::new(router_bin())
-        .args(["run", "-c"])
-        .arg(dir.join("routes.yaml"))
-        .env("REDIS_URL", url)
-        .env("REDIS_ROUTER_INSTANCE", instance)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("{instance}.log"))).unwrap())
-        .spawn()
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_consumers_elements_go_back_to_the_queue() {
@@ -33,26 +20,21 @@ async fn a_dead_consumers_elements_go_back_to_the_queue() {
     for n in 0..30 {
         let _: i64 = conn.rpush("jobs", format!("{{\"n\":{n}}}")).await.unwrap();
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("routes.yaml"),
-        format!(
-            "connections:\n  default: {{ url: \"${{REDIS_URL}}\" }}\nrules:\n  - name: jobs\n    source: {{ queue: jobs, block: 100ms }}\n    sinks:\n      - webhook: \"{}\"\n        timeout: 600s\n        max_in_flight: 30\n",
-            hook.url("/jobs")
-        ),
-    )
-    .unwrap();
-    let mut a = router(dir.path(), &redis.url(), "a");
+    let yaml = format!(
+        "connections:\n  default: {{ url: \"${{REDIS_URL}}\" }}\nrules:\n  - name: jobs\n    source: {{ queue: jobs, block: 100ms }}\n    sinks:\n      - webhook: \"{}\"\n        timeout: 600s\n        max_in_flight: 30\n",
+        hook.url("/jobs")
+    );
+    let mut a = RouterProcess::start_instance(&yaml, &redis.url(), &[], Some("a"));
     hook.wait_requests(30).await;
     let host = redis_router::identity::host();
     let held: usize = conn.llen(format!("jobs:processing:{host}-a")).await.unwrap();
     assert_eq!(held, 30, "a holds the whole batch in its processing list");
-    let _ = a.kill(); // SIGKILL: no chance to give anything back
-    let _ = a.wait();
+    a.signal("KILL"); // no chance to give anything back
+    tokio::task::block_in_place(|| a.wait_exit(Duration::from_secs(10)));
 
     hook.set_default(Reply::Status(200));
     let before = hook.requests().len();
-    let mut b = router(dir.path(), &redis.url(), "b");
+    let b = RouterProcess::start_instance(&yaml, &redis.url(), &[], Some("b"));
     let got = wait_for(
         "b delivers a's elements once a's heartbeat expired",
         Duration::from_secs(40),
@@ -67,13 +49,11 @@ async fn a_dead_consumers_elements_go_back_to_the_queue() {
     )
     .await;
     assert_eq!(got, (0..30).collect::<BTreeSet<u64>>());
-    let log = std::fs::read_to_string(dir.path().join("b.log")).unwrap();
+    let log = b.log();
     assert!(
         log.contains("Gave a dead consumer's elements back to the queue."),
         "{log}"
     );
     let members: Vec<String> = conn.smembers("jobs:consumers").await.unwrap();
     assert_eq!(members, vec![format!("{host}-b")], "the dead consumer left the set");
-    let _ = b.kill();
-    let _ = b.wait();
 }

@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use redis::AsyncCommands;
@@ -25,28 +24,13 @@ rules:
         fields: { original_id: "{{meta.id}}", by: "${REDIS_ROUTER_INSTANCE}" }
 "#;
 
-/// A router process with its own instance id (so its own consumer name).
-fn router(dir: &std::path::Path, url: &str, instance: &str) -> std::process::Child {
-    Command::new(router_bin())
-        .args(["run", "-c"])
-        .arg(dir.join("routes.yaml"))
-        .env("REDIS_URL", url)
-        .env("REDIS_ROUTER_INSTANCE", instance)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("{instance}.log"))).unwrap())
-        .spawn()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_share_the_work_and_survive_a_kill() {
     let redis = RedisServer::start();
     let conn = redis.conn().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("routes.yaml"), RULES).unwrap();
-    let mut routers: Vec<std::process::Child> = ["a", "b", "c"]
+    let mut routers: Vec<RouterProcess> = ["a", "b", "c"]
         .iter()
-        .map(|i| router(dir.path(), &redis.url(), i))
+        .map(|i| RouterProcess::start_instance(RULES, &redis.url(), &[], Some(i)))
         .collect();
 
     // Produce while the routers run, in paced chunks.
@@ -71,8 +55,8 @@ async fn three_instances_share_the_work_and_survive_a_kill() {
         }
     })
     .await;
-    let _ = routers[1].kill(); // SIGKILL
-    let _ = routers[1].wait();
+    routers[1].signal("KILL");
+    tokio::task::block_in_place(|| routers[1].wait_exit(Duration::from_secs(10)));
     within(producer).await.unwrap();
 
     let dst = wait_for("every entry copied", Duration::from_secs(90), || {
@@ -128,9 +112,5 @@ async fn three_instances_share_the_work_and_survive_a_kill() {
             text.contains(&format!("{host}-{instance}")),
             "consumer {host}-{instance} in {text}"
         );
-    }
-    for mut r in routers {
-        let _ = r.kill();
-        let _ = r.wait();
     }
 }

@@ -75,17 +75,7 @@ async fn sigkilled_consumer_entries_are_claimed_by_another() {
     )
     .await;
     assert_eq!(delivered, (0..N).collect::<BTreeSet<u64>>());
-    wait_for("nothing left pending", TIMEOUT, || {
-        let mut conn = conn.clone();
-        async move {
-            let p: redis::Value = conn.xpending("orders", "router").await.ok()?;
-            match p {
-                redis::Value::Array(s) => (s.first() == Some(&redis::Value::Int(0))).then_some(()),
-                _ => None,
-            }
-        }
-    })
-    .await;
+    wait_nothing_pending(&conn, "orders", "router").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

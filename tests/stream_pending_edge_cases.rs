@@ -66,14 +66,7 @@ async fn too_many_deliveries_go_to_the_dead_letter_stream() {
     assert_eq!(d["reason"], "delivered 3 times, more than max_deliveries (2)");
     let out: usize = conn.xlen("out").await.unwrap();
     assert_eq!(out, 0, "not delivered to the sink");
-    wait_for("acknowledged", TIMEOUT, || {
-        let mut conn = conn.clone();
-        async move {
-            let p: redis::Value = conn.xpending("in", "g").await.ok()?;
-            matches!(p, redis::Value::Array(ref s) if s.first() == Some(&redis::Value::Int(0))).then_some(())
-        }
-    })
-    .await;
+    wait_nothing_pending(&conn, "in", "g").await;
     daemon.stop().await;
 }
 
@@ -102,14 +95,7 @@ async fn entries_deleted_while_pending_are_acknowledged_and_counted() {
         (daemon.counter("copy", "deleted_while_pending") == 1).then_some(())
     })
     .await;
-    wait_for("nothing pending", TIMEOUT, || {
-        let mut conn = conn.clone();
-        async move {
-            let p: redis::Value = conn.xpending("in", "g").await.ok()?;
-            matches!(p, redis::Value::Array(ref s) if s.first() == Some(&redis::Value::Int(0))).then_some(())
-        }
-    })
-    .await;
+    wait_nothing_pending(&conn, "in", "g").await;
     let _ = kept;
     daemon.stop().await;
 }

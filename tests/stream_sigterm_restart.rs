@@ -103,15 +103,5 @@ async fn sigterm_half_way_then_restart_delivers_everything() {
         "{duplicates} duplicates exceed the batch in flight ({BATCH})"
     );
     // Every entry is acknowledged once delivered.
-    wait_for("no entry left pending", TIMEOUT, || {
-        let mut conn = c.clone();
-        async move {
-            let pending: redis::Value = conn.xpending("src", "router").await.ok()?;
-            match pending {
-                redis::Value::Array(items) => (items.first() == Some(&redis::Value::Int(0))).then_some(()),
-                _ => None,
-            }
-        }
-    })
-    .await;
+    wait_nothing_pending(&c, "src", "router").await;
 }

@@ -298,6 +298,19 @@ pub async fn wait_group(conn: &mut MultiplexedConnection, stream: &str, group: &
     .await
 }
 
+/// Wait until consumer group `group` of `stream` has no pending entry (everything acknowledged).
+pub async fn wait_nothing_pending(conn: &MultiplexedConnection, stream: &str, group: &str) {
+    wait_for(&format!("nothing pending in {stream}/{group}"), TIMEOUT, || {
+        let mut conn = conn.clone();
+        let (stream, group) = (stream.to_string(), group.to_string());
+        async move {
+            let p: redis::Value = conn.xpending(&stream, &group).await.ok()?;
+            matches!(p, redis::Value::Array(ref s) if s.first() == Some(&redis::Value::Int(0))).then_some(())
+        }
+    })
+    .await
+}
+
 /// Every entry of a stream as (id, fields).
 pub async fn xrange(conn: &mut MultiplexedConnection, stream: &str) -> Vec<(String, Vec<(String, String)>)> {
     let reply: redis::streams::StreamRangeReply = within(conn.xrange_all(stream)).await.expect("XRANGE");
@@ -409,6 +422,12 @@ impl RouterProcess {
 
     /// As [`RouterProcess::start`], with more arguments after `run` (`--listen …`).
     pub fn start_with(yaml: &str, url: &str, extra: &[&str]) -> RouterProcess {
+        Self::start_instance(yaml, url, extra, None)
+    }
+
+    /// As [`RouterProcess::start_with`], as instance `instance` (`REDIS_ROUTER_INSTANCE`, so its
+    /// consumer name is `HOST-INSTANCE` and `${REDIS_ROUTER_INSTANCE}` in the file names it).
+    pub fn start_instance(yaml: &str, url: &str, extra: &[&str], instance: Option<&str>) -> RouterProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("routes.yaml");
         std::fs::write(&file, yaml).expect("write rules");
@@ -418,6 +437,7 @@ impl RouterProcess {
             .arg("-c")
             .arg(&file)
             .args(extra)
+            .envs(instance.map(|i| ("REDIS_ROUTER_INSTANCE", i)))
             .env("REDIS_URL", url)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
