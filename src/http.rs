@@ -204,7 +204,7 @@ type Counter<T> = (&'static str, &'static str, fn(&T) -> u64);
 pub fn render_metrics(state: &HttpState) -> String {
     let mut out = String::new();
     let all = state.stats.all();
-    let rule_counters: [Counter<RuleStats>; 7] = [
+    let rule_counters: [Counter<RuleStats>; 8] = [
         ("received_total", "Messages read from the rule's source.", |s| {
             s.received.load(Ordering::Relaxed)
         }),
@@ -233,6 +233,11 @@ pub fn render_metrics(state: &HttpState) -> String {
             "deleted_while_pending_total",
             "Stream entries deleted while pending, acknowledged.",
             |s| s.deleted_while_pending.load(Ordering::Relaxed),
+        ),
+        (
+            "claimed_elsewhere_total",
+            "ha: claim messages another instance delivered.",
+            |s| s.claimed_elsewhere.load(Ordering::Relaxed),
         ),
     ];
     for (name, help, get) in rule_counters {

@@ -78,6 +78,8 @@ pub struct RuleStats {
     pub deleted_while_pending: AtomicU64,
     /// Source read errors.
     pub source_errors: AtomicU64,
+    /// `ha: claim`: messages another instance claimed and delivered, so this one did not.
+    pub claimed_elsewhere: AtomicU64,
     /// Messages read and not yet finished (a gauge).
     pub in_flight: AtomicU64,
     /// From receipt to the last sink's acknowledgement, per delivered message.
@@ -124,6 +126,7 @@ impl RuleStats {
             ("reconnects", get(&self.reconnects)),
             ("deleted_while_pending", get(&self.deleted_while_pending)),
             ("source_errors", get(&self.source_errors)),
+            ("claimed_elsewhere", get(&self.claimed_elsewhere)),
             ("in_flight", get(&self.in_flight)),
         ])
     }

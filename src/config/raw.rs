@@ -89,6 +89,9 @@ pub(crate) struct RawSource {
     // Pub/Sub options.
     pub buffer: Option<Spanned<usize>>,
     pub overflow: Option<SpStr>,
+    pub ha: Option<SpStr>,
+    pub claim_ttl: Option<SpStr>,
+    pub claim_id: Option<SpStr>,
     // Stream options.
     pub group: Option<SpStr>,
     pub consumer: Option<SpStr>,

@@ -162,6 +162,19 @@ pub enum Overflow {
     Block,
 }
 
+/// `ha: claim` on a channel or pattern rule: every instance subscribes, and each message is
+/// claimed (`SET key NX`) by one of them, which delivers it and marks it done. An instance
+/// that lost the claim keeps the message until `ttl` has passed: if the claimer never marked
+/// it done (it died), the claim has expired and the message is claimed and delivered again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimSpec {
+    /// How long a claim holds; longer than the rule takes to deliver a message.
+    pub ttl: Duration,
+    /// What identifies a message (a template such as `{{$.id}}`); a hash of channel and
+    /// payload when absent.
+    pub id: Option<Template>,
+}
+
 /// Where a consumer group starts when the router creates it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamStart {
@@ -204,6 +217,8 @@ pub enum SourceSpecKind {
         buffer: usize,
         /// What a full buffer does.
         overflow: Overflow,
+        /// `ha: claim`: instances claim each message so that one delivers it.
+        claim: Option<ClaimSpec>,
     },
     /// PSUBSCRIBE to one pattern.
     Pattern {
@@ -213,6 +228,8 @@ pub enum SourceSpecKind {
         buffer: usize,
         /// What a full buffer does.
         overflow: Overflow,
+        /// `ha: claim`: instances claim each message so that one delivers it.
+        claim: Option<ClaimSpec>,
     },
     /// A stream, through a consumer group or tailed.
     Stream {

@@ -27,6 +27,8 @@ const MAX_BATCH: usize = 10_000;
 const DEFAULT_BUFFER: usize = 10_000;
 /// Server-side block of each read: also how long a cancelled rule may wait for its read.
 const DEFAULT_BLOCK: Duration = Duration::from_secs(1);
+/// How long an `ha: claim` claim holds when `claim_ttl` is not given.
+const DEFAULT_CLAIM_TTL: Duration = Duration::from_secs(10);
 /// Entries idle this long in another consumer's pending list are claimed.
 const DEFAULT_CLAIM_IDLE: Duration = Duration::from_secs(60);
 /// Deliveries after which a stream entry is dead-lettered instead of tried again.
@@ -350,7 +352,44 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
     if !pubsub {
         cx.only_for(&s.buffer, "buffer", "channel and pattern sources");
         cx.only_for(&s.overflow, "overflow", "channel and pattern sources");
+        cx.only_for(
+            &s.ha,
+            "ha",
+            "channel and pattern sources (streams and queues share work by themselves)",
+        );
     }
+    let claim = match &s.ha {
+        None => {
+            cx.only_for(&s.claim_ttl, "claim_ttl", "`ha: claim`");
+            cx.only_for(&s.claim_id, "claim_id", "`ha: claim`");
+            Some(None)
+        }
+        Some(ha) if ha.value == "claim" => {
+            let ttl = match &s.claim_ttl {
+                Some(t) => cx.duration(t, "`claim_ttl`"),
+                None => Some(DEFAULT_CLAIM_TTL),
+            };
+            let id = match &s.claim_id {
+                Some(t) => Some(Some(cx.template(t, "`claim_id`")?)),
+                None => Some(None),
+            };
+            match (ttl, id) {
+                (Some(ttl), Some(id)) => Some(Some(ClaimSpec { ttl, id })),
+                _ => None,
+            }
+        }
+        Some(ha) if ha.value == "none" => Some(None),
+        Some(ha) => {
+            cx.err(
+                ha.referenced,
+                format!(
+                    "unknown `ha: {}`; write `claim` (each message delivered by one instance) or `none`",
+                    ha.value
+                ),
+            );
+            None
+        }
+    };
     if !is_stream {
         cx.only_for(&s.group, "group", "stream sources");
         cx.only_for(&s.start, "start", "stream sources");
@@ -402,11 +441,13 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
             channel: name?,
             buffer: buffer?,
             overflow: overflow?,
+            claim: claim?,
         },
         "pattern" => SourceSpecKind::Pattern {
             pattern: name?,
             buffer: buffer?,
             overflow: overflow?,
+            claim: claim?,
         },
         "stream" => {
             let batch = match &s.batch {

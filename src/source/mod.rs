@@ -98,7 +98,7 @@ impl Source {
     /// elements moved by a dropped BLMOVE are in this consumer's processing list.
     pub async fn recv(&mut self) -> Result<Option<Vec<Message>>, SourceError> {
         match self {
-            Source::PubSub(s) => Ok(s.recv().await),
+            Source::PubSub(s) => s.recv().await,
             Source::Stream(s) => s.recv().await.map(Some),
             Source::List(s) => s.recv().await.map(Some),
         }
@@ -111,7 +111,7 @@ impl Source {
     /// When the acknowledgement could not be written; the caller retries.
     pub async fn ack(&mut self, batch: &[Message]) -> Result<(), SourceError> {
         match self {
-            Source::PubSub(_) => Ok(()),
+            Source::PubSub(s) => s.ack().await,
             Source::Stream(s) => s.ack(batch).await,
             Source::List(s) => s.ack(batch).await,
         }

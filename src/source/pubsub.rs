@@ -139,6 +139,138 @@ pub struct PubSubSource {
     shared: Arc<Shared>,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    /// `ha: claim`.
+    claimer: Option<Claimer>,
+}
+
+/// `ha: claim`: one instance delivers each message. A message is claimed with
+/// `SET key INSTANCE NX GET PX ttl` (one pipeline per batch, Redis 7.0+): no previous value means
+/// this instance won; `done` means another delivered it; another instance's name means it is
+/// being delivered elsewhere, and the message is held until `ttl` has passed and claimed again
+/// then, so that a claimer that died before marking it `done` loses nothing.
+struct Claimer {
+    conn: redis::aio::ConnectionManager,
+    connection: Arc<ConnectionSpec>,
+    ttl: Duration,
+    id: Option<crate::filter::Template>,
+    /// This instance's name, the claim's value.
+    me: String,
+    /// Messages another instance claimed: (when to claim again, key, message).
+    held: VecDeque<(Instant, String, Message)>,
+    /// Keys of the batch handed to the rule, marked `done` when it is acknowledged.
+    in_flight: Vec<String>,
+    capacity: usize,
+    stats: Arc<RuleStats>,
+}
+
+/// The value of a claim whose message was delivered.
+const DONE: &str = "done";
+
+impl Claimer {
+    fn key(&self, msg: &Message) -> String {
+        let id = match &self.id {
+            Some(t) => t
+                .render_string(msg, crate::filter::Missing::Empty)
+                .unwrap_or_else(|_| String::new()),
+            None => String::new(),
+        };
+        let id = if id.is_empty() {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            h.update(msg.meta.key.as_bytes());
+            h.update([0]);
+            h.update(msg.raw());
+            hex::encode(&h.finalize()[..16])
+        } else {
+            id
+        };
+        redis_conn::prefixed(
+            &self.connection,
+            &format!("redis-router:claim:{}:{}:{id}", msg.meta.rule, msg.meta.key),
+        )
+    }
+
+    /// Claim each message; returns those this instance won, holds those another is delivering.
+    async fn claim(&mut self, msgs: Vec<(String, Message)>) -> Result<Vec<Message>, SourceError> {
+        if msgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (key, _) in &msgs {
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(&self.me)
+                .arg("NX")
+                .arg("GET")
+                .arg("PX")
+                .arg(self.ttl.as_millis() as u64);
+        }
+        let replies: Vec<Option<String>> =
+            pipe.query_async(&mut self.conn)
+                .await
+                .map_err(|source| SourceError::Redis {
+                    op: "SET NX (claim)",
+                    key: String::new(),
+                    source,
+                })?;
+        let mut won = Vec::new();
+        for ((key, msg), previous) in msgs.into_iter().zip(replies) {
+            match previous.as_deref() {
+                None => {
+                    self.in_flight.push(key);
+                    won.push(msg);
+                }
+                Some(DONE) => RuleStats::add(&self.stats.claimed_elsewhere, 1),
+                Some(_) => {
+                    if self.held.len() >= self.capacity {
+                        self.held.pop_front();
+                        RuleStats::add(&self.stats.overflowed, 1);
+                    }
+                    self.held.push_back((Instant::now() + self.ttl, key, msg));
+                }
+            }
+        }
+        Ok(won)
+    }
+
+    /// Claim again the held messages whose claim has had time to expire.
+    async fn retry_due(&mut self) -> Result<Vec<Message>, SourceError> {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        while self.held.front().is_some_and(|(at, _, _)| *at <= now) {
+            if let Some((_, key, msg)) = self.held.pop_front() {
+                due.push((key, msg));
+            }
+        }
+        self.claim(due).await
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.held.front().map(|(at, _, _)| *at)
+    }
+
+    /// Mark the batch handed out as delivered, so the instances holding it drop it.
+    async fn done(&mut self) -> Result<(), SourceError> {
+        if self.in_flight.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        // Long enough for every instance holding the message to see it at its next try.
+        let keep = (self.ttl * 3).as_millis() as u64;
+        for key in &self.in_flight {
+            pipe.cmd("SET").arg(key).arg(DONE).arg("PX").arg(keep).ignore();
+        }
+        let _: () = pipe
+            .query_async(&mut self.conn)
+            .await
+            .map_err(|source| SourceError::Redis {
+                op: "SET (claim done)",
+                key: String::new(),
+                source,
+            })?;
+        self.in_flight.clear();
+        Ok(())
+    }
 }
 
 impl PubSubSource {
@@ -152,17 +284,19 @@ impl PubSubSource {
         stats: Arc<RuleStats>,
         status: Arc<RuleStatus>,
     ) -> Result<PubSubSource, SourceError> {
-        let (name, pattern, buffer, overflow) = match &spec.kind {
+        let (name, pattern, buffer, overflow, claim) = match &spec.kind {
             SourceSpecKind::Channel {
                 channel,
                 buffer,
                 overflow,
-            } => (channel.clone(), false, *buffer, *overflow),
+                claim,
+            } => (channel.clone(), false, *buffer, *overflow, claim),
             SourceSpecKind::Pattern {
                 pattern,
                 buffer,
                 overflow,
-            } => (pattern.clone(), true, *buffer, *overflow),
+                claim,
+            } => (pattern.clone(), true, *buffer, *overflow, claim),
             _ => {
                 return Err(SourceError::Protocol {
                     op: "SUBSCRIBE",
@@ -175,6 +309,26 @@ impl PubSubSource {
             connection: spec.connection.clone(),
             name,
             pattern,
+        };
+        let claimer = match claim {
+            None => None,
+            Some(c) => Some(Claimer {
+                conn: redis_conn::manager(&spec.connection, Duration::ZERO)
+                    .await
+                    .map_err(|source| SourceError::Redis {
+                        op: "connect",
+                        key: sub.name.clone(),
+                        source,
+                    })?,
+                connection: spec.connection.clone(),
+                ttl: c.ttl,
+                id: c.id.clone(),
+                me: crate::identity::name(),
+                held: VecDeque::new(),
+                in_flight: Vec::new(),
+                capacity: buffer,
+                stats: stats.clone(),
+            }),
         };
         let pubsub = sub.connect().await?;
         debug!(channel = %sub.name, pattern, "Subscribed.");
@@ -190,19 +344,51 @@ impl PubSubSource {
         });
         let stop = CancellationToken::new();
         let task = tokio::spawn(read_loop(pubsub, sub, shared.clone(), stop.clone(), status).in_current_span());
-        Ok(PubSubSource { shared, stop, task })
+        Ok(PubSubSource {
+            shared,
+            stop,
+            task,
+            claimer,
+        })
     }
 
-    /// Wait for at least one message and take up to a batch.
+    /// The batch last handed out is done: with `ha: claim`, mark its messages delivered.
+    ///
+    /// # Errors
+    /// When the marks cannot be written; the caller retries.
+    pub async fn ack(&mut self) -> Result<(), SourceError> {
+        match &mut self.claimer {
+            Some(c) => c.done().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Wait for at least one message and take up to a batch (with `ha: claim`, the messages
+    /// this instance won).
+    ///
+    /// # Errors
+    /// With `ha: claim`, when the claims cannot be written.
     ///
     /// # Cancel safety
-    /// Cancel safe: messages stay in the buffer until taken.
-    pub async fn recv(&mut self) -> Option<Vec<Message>> {
+    /// Cancel safe without `ha: claim`: messages stay in the buffer until taken. With it, a
+    /// batch dropped after its claims were written is lost to this instance only: its claims
+    /// expire and the instances holding those messages deliver them.
+    pub async fn recv(&mut self) -> Result<Option<Vec<Message>>, SourceError> {
         loop {
-            let data = self.shared.data.notified();
+            if let Some(c) = &mut self.claimer
+                && c.next_deadline().is_some_and(|at| at <= Instant::now())
             {
+                let won = c.retry_due().await?;
+                if !won.is_empty() {
+                    return Ok(Some(won));
+                }
+            }
+            let data = self.shared.data.notified();
+            let batch = {
                 let mut queue = self.shared.lock();
-                if !queue.is_empty() {
+                if queue.is_empty() {
+                    None
+                } else {
                     let n = queue.len().min(BATCH);
                     let batch: Vec<Message> = queue.drain(..n).collect();
                     let more = !queue.is_empty();
@@ -211,13 +397,29 @@ impl PubSubSource {
                     if more {
                         self.shared.data.notify_one();
                     }
-                    return Some(batch);
+                    Some(batch)
                 }
+            };
+            if let Some(batch) = batch {
+                let Some(c) = &mut self.claimer else {
+                    return Ok(Some(batch));
+                };
+                let keyed: Vec<(String, Message)> = batch.into_iter().map(|m| (c.key(&m), m)).collect();
+                let won = c.claim(keyed).await?;
+                if !won.is_empty() {
+                    return Ok(Some(won));
+                }
+                continue;
             }
             if self.task.is_finished() {
-                return None;
+                return Ok(None);
             }
-            data.await;
+            match self.claimer.as_ref().and_then(Claimer::next_deadline) {
+                Some(at) => {
+                    let _ = tokio::time::timeout_at(at.into(), data).await;
+                }
+                None => data.await,
+            }
         }
     }
 
@@ -228,10 +430,12 @@ impl PubSubSource {
         let _ = self.task.await;
     }
 
-    /// Stop reading and take every message still buffered.
+    /// Stop reading and take every message still buffered. With `ha: claim` nothing is taken:
+    /// the other instances received the same messages and claim them.
     pub fn take_buffered(&mut self) -> Vec<Message> {
         self.stop.cancel();
-        self.shared.lock().drain(..).collect()
+        let left: Vec<Message> = self.shared.lock().drain(..).collect();
+        if self.claimer.is_some() { Vec::new() } else { left }
     }
 
     /// Messages waiting in the buffer.
