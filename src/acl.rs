@@ -133,14 +133,28 @@ pub fn grants(set: &RuleSet) -> Vec<ServerGrants> {
         let sc = &rule.source.connection;
         let g = entry(&mut out, sc);
         match &rule.source.kind {
-            SourceSpecKind::Channel { channel, .. } => {
+            SourceSpecKind::Channel { channel, claim, .. } => {
                 g.channels.insert(literal(sc, channel));
                 g.command(&["subscribe", "unsubscribe"]);
+                if claim.is_some() {
+                    g.keys.insert(format!(
+                        "{}:*",
+                        literal(sc, &format!("redis-router:claim:{}", rule.name))
+                    ));
+                    g.command(&["set"]);
+                }
             }
-            SourceSpecKind::Pattern { pattern, .. } => {
+            SourceSpecKind::Pattern { pattern, claim, .. } => {
                 // ACL matches a PSUBSCRIBE pattern literally against the channel patterns.
                 g.channels.insert(format!("{}{pattern}", escape(&sc.prefix)));
                 g.command(&["psubscribe", "punsubscribe"]);
+                if claim.is_some() {
+                    g.keys.insert(format!(
+                        "{}:*",
+                        literal(sc, &format!("redis-router:claim:{}", rule.name))
+                    ));
+                    g.command(&["set"]);
+                }
             }
             SourceSpecKind::Stream { stream, group, .. } => {
                 g.keys.insert(literal(sc, stream));
