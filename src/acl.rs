@@ -108,6 +108,20 @@ pub struct ServerGrants {
     pub grants: Grants,
 }
 
+/// Keys and commands of `ha: claim` (one SET per message) and `ha: single` (a lease renewed by
+/// an EVAL of GET and SET).
+fn ha_grants(g: &mut Grants, conn: &ConnectionSpec, rule: &str, claim: bool, lease: bool) {
+    if claim {
+        g.keys
+            .insert(format!("{}:*", literal(conn, &format!("redis-router:claim:{rule}"))));
+        g.command(&["set"]);
+    }
+    if lease {
+        g.keys.insert(literal(conn, &format!("redis-router:lease:{rule}")));
+        g.command(&["eval", "get", "set"]);
+    }
+}
+
 /// What the router's user needs on each Redis server, in file order.
 pub fn grants(set: &RuleSet) -> Vec<ServerGrants> {
     let mut out: Vec<ServerGrants> = Vec::new();
@@ -133,28 +147,20 @@ pub fn grants(set: &RuleSet) -> Vec<ServerGrants> {
         let sc = &rule.source.connection;
         let g = entry(&mut out, sc);
         match &rule.source.kind {
-            SourceSpecKind::Channel { channel, claim, .. } => {
+            SourceSpecKind::Channel {
+                channel, claim, lease, ..
+            } => {
                 g.channels.insert(literal(sc, channel));
                 g.command(&["subscribe", "unsubscribe"]);
-                if claim.is_some() {
-                    g.keys.insert(format!(
-                        "{}:*",
-                        literal(sc, &format!("redis-router:claim:{}", rule.name))
-                    ));
-                    g.command(&["set"]);
-                }
+                ha_grants(g, sc, &rule.name, claim.is_some(), lease.is_some());
             }
-            SourceSpecKind::Pattern { pattern, claim, .. } => {
+            SourceSpecKind::Pattern {
+                pattern, claim, lease, ..
+            } => {
                 // ACL matches a PSUBSCRIBE pattern literally against the channel patterns.
                 g.channels.insert(format!("{}{pattern}", escape(&sc.prefix)));
                 g.command(&["psubscribe", "punsubscribe"]);
-                if claim.is_some() {
-                    g.keys.insert(format!(
-                        "{}:*",
-                        literal(sc, &format!("redis-router:claim:{}", rule.name))
-                    ));
-                    g.command(&["set"]);
-                }
+                ha_grants(g, sc, &rule.name, claim.is_some(), lease.is_some());
             }
             SourceSpecKind::Stream { stream, group, .. } => {
                 g.keys.insert(literal(sc, stream));

@@ -92,6 +92,7 @@ pub(crate) struct RawSource {
     pub ha: Option<SpStr>,
     pub claim_ttl: Option<SpStr>,
     pub claim_id: Option<SpStr>,
+    pub lease_ttl: Option<SpStr>,
     // Stream options.
     pub group: Option<SpStr>,
     pub consumer: Option<SpStr>,

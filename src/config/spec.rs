@@ -219,6 +219,8 @@ pub enum SourceSpecKind {
         overflow: Overflow,
         /// `ha: claim`: instances claim each message so that one delivers it.
         claim: Option<ClaimSpec>,
+        /// `ha: single`: one instance, the holder of a lease, delivers; this is the lease's TTL.
+        lease: Option<Duration>,
     },
     /// PSUBSCRIBE to one pattern.
     Pattern {
@@ -230,6 +232,8 @@ pub enum SourceSpecKind {
         overflow: Overflow,
         /// `ha: claim`: instances claim each message so that one delivers it.
         claim: Option<ClaimSpec>,
+        /// `ha: single`: one instance, the holder of a lease, delivers; this is the lease's TTL.
+        lease: Option<Duration>,
     },
     /// A stream, through a consumer group or tailed.
     Stream {

@@ -27,6 +27,9 @@ const MAX_BATCH: usize = 10_000;
 const DEFAULT_BUFFER: usize = 10_000;
 /// Server-side block of each read: also how long a cancelled rule may wait for its read.
 const DEFAULT_BLOCK: Duration = Duration::from_secs(1);
+/// How long an `ha: single` lease holds when `lease_ttl` is not given: the longest gap after the
+/// active instance dies.
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 /// How long an `ha: claim` claim holds when `claim_ttl` is not given.
 const DEFAULT_CLAIM_TTL: Duration = Duration::from_secs(10);
 /// Entries idle this long in another consumer's pending list are claimed.
@@ -358,8 +361,23 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
             "channel and pattern sources (streams and queues share work by themselves)",
         );
     }
+    if s.ha.as_ref().is_none_or(|h| h.value != "single") {
+        cx.only_for(&s.lease_ttl, "lease_ttl", "`ha: single`");
+    }
+    let lease = match &s.ha {
+        Some(ha) if ha.value == "single" => match &s.lease_ttl {
+            Some(t) => cx.duration(t, "`lease_ttl`").map(Some),
+            None => Some(Some(DEFAULT_LEASE_TTL)),
+        },
+        _ => Some(None),
+    };
     let claim = match &s.ha {
         None => {
+            cx.only_for(&s.claim_ttl, "claim_ttl", "`ha: claim`");
+            cx.only_for(&s.claim_id, "claim_id", "`ha: claim`");
+            Some(None)
+        }
+        Some(ha) if ha.value == "single" => {
             cx.only_for(&s.claim_ttl, "claim_ttl", "`ha: claim`");
             cx.only_for(&s.claim_id, "claim_id", "`ha: claim`");
             Some(None)
@@ -383,7 +401,7 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
             cx.err(
                 ha.referenced,
                 format!(
-                    "unknown `ha: {}`; write `claim` (each message delivered by one instance) or `none`",
+                    "unknown `ha: {}`; write `claim` (each message delivered by one instance), `single` (one active instance) or `none`",
                     ha.value
                 ),
             );
@@ -442,12 +460,14 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
             buffer: buffer?,
             overflow: overflow?,
             claim: claim?,
+            lease: lease?,
         },
         "pattern" => SourceSpecKind::Pattern {
             pattern: name?,
             buffer: buffer?,
             overflow: overflow?,
             claim: claim?,
+            lease: lease?,
         },
         "stream" => {
             let batch = match &s.batch {

@@ -56,7 +56,7 @@ impl SourceError {
 /// A source of any kind.
 pub enum Source {
     /// SUBSCRIBE / PSUBSCRIBE.
-    PubSub(PubSubSource),
+    PubSub(Box<PubSubSource>),
     /// XREADGROUP / XREAD (boxed: it is much larger than the other kinds).
     Stream(Box<StreamSource>),
     /// BLMOVE from a list.
@@ -77,7 +77,7 @@ impl Source {
     ) -> Result<Source, SourceError> {
         Ok(match &spec.kind {
             SourceSpecKind::Channel { .. } | SourceSpecKind::Pattern { .. } => {
-                Source::PubSub(PubSubSource::open(spec, rule.clone(), stats, status).await?)
+                Source::PubSub(Box::new(PubSubSource::open(spec, rule.clone(), stats, status).await?))
             }
             SourceSpecKind::Stream { .. } => {
                 Source::Stream(Box::new(StreamSource::open(spec, rule.clone(), stats).await?))

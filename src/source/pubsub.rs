@@ -141,6 +141,78 @@ pub struct PubSubSource {
     task: JoinHandle<()>,
     /// `ha: claim`.
     claimer: Option<Claimer>,
+    /// `ha: single`.
+    lease: Option<Lease>,
+}
+
+/// `ha: single`: every instance subscribes, only the holder of the lease delivers. The holder
+/// renews it every third of its TTL; the others try to take it as often. When the holder dies,
+/// another takes over once the lease expires: what was published in that gap is dropped by the
+/// standby instances (counted as `claimed_elsewhere`, like everything a standby drops), and the
+/// takeover is logged with how long this instance stood by.
+struct Lease {
+    conn: redis::aio::ConnectionManager,
+    key: String,
+    me: String,
+    ttl: Duration,
+    held: bool,
+    next_check: Instant,
+    /// When this instance last saw the lease held by nobody it knew to be alive (for the log).
+    lost_at: Option<Instant>,
+    stats: Arc<RuleStats>,
+}
+
+/// Renew the lease if this instance holds it, or take it if nobody does. KEYS: lease; ARGV:
+/// instance, TTL in ms. Returns 1 when this instance holds the lease afterwards.
+const LEASE: &str = r"
+local holder = redis.call('get', KEYS[1])
+if holder == ARGV[1] or not holder then
+  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+impl Lease {
+    /// Check or renew the lease when due.
+    async fn refresh(&mut self) -> Result<(), SourceError> {
+        if Instant::now() < self.next_check {
+            return Ok(());
+        }
+        self.next_check = Instant::now() + self.ttl / 3;
+        let held: i64 = redis::cmd("EVAL")
+            .arg(LEASE)
+            .arg(1)
+            .arg(&self.key)
+            .arg(&self.me)
+            .arg(self.ttl.as_millis() as u64)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(|source| SourceError::Redis {
+                op: "lease",
+                key: self.key.clone(),
+                source,
+            })?;
+        let held = held == 1;
+        if held && !self.held {
+            info!(
+                lease = %self.key,
+                instance = %self.me,
+                standby_ms = self.lost_at.map(|t| t.elapsed().as_millis() as u64).unwrap_or(0),
+                "Took the lease: this instance now delivers the rule's messages."
+            );
+        } else if !held && self.held {
+            warn!(lease = %self.key, "Lost the lease: another instance delivers now.");
+        }
+        if !held && self.lost_at.is_none() {
+            self.lost_at = Some(Instant::now());
+        }
+        if held {
+            self.lost_at = None;
+        }
+        self.held = held;
+        Ok(())
+    }
 }
 
 /// `ha: claim`: one instance delivers each message. A message is claimed with
@@ -284,19 +356,21 @@ impl PubSubSource {
         stats: Arc<RuleStats>,
         status: Arc<RuleStatus>,
     ) -> Result<PubSubSource, SourceError> {
-        let (name, pattern, buffer, overflow, claim) = match &spec.kind {
+        let (name, pattern, buffer, overflow, claim, lease) = match &spec.kind {
             SourceSpecKind::Channel {
                 channel,
                 buffer,
                 overflow,
                 claim,
-            } => (channel.clone(), false, *buffer, *overflow, claim),
+                lease,
+            } => (channel.clone(), false, *buffer, *overflow, claim, lease),
             SourceSpecKind::Pattern {
                 pattern,
                 buffer,
                 overflow,
                 claim,
-            } => (pattern.clone(), true, *buffer, *overflow, claim),
+                lease,
+            } => (pattern.clone(), true, *buffer, *overflow, claim, lease),
             _ => {
                 return Err(SourceError::Protocol {
                     op: "SUBSCRIBE",
@@ -330,6 +404,25 @@ impl PubSubSource {
                 stats: stats.clone(),
             }),
         };
+        let lease = match lease {
+            None => None,
+            Some(ttl) => Some(Lease {
+                conn: redis_conn::manager(&spec.connection, Duration::ZERO)
+                    .await
+                    .map_err(|source| SourceError::Redis {
+                        op: "connect",
+                        key: sub.name.clone(),
+                        source,
+                    })?,
+                key: redis_conn::prefixed(&spec.connection, &format!("redis-router:lease:{rule}")),
+                me: crate::identity::name(),
+                ttl: *ttl,
+                held: false,
+                next_check: Instant::now(),
+                lost_at: None,
+                stats: stats.clone(),
+            }),
+        };
         let pubsub = sub.connect().await?;
         debug!(channel = %sub.name, pattern, "Subscribed.");
         let shared = Arc::new(Shared {
@@ -349,6 +442,7 @@ impl PubSubSource {
             stop,
             task,
             claimer,
+            lease,
         })
     }
 
@@ -375,6 +469,9 @@ impl PubSubSource {
     /// expire and the instances holding those messages deliver them.
     pub async fn recv(&mut self) -> Result<Option<Vec<Message>>, SourceError> {
         loop {
+            if let Some(lease) = &mut self.lease {
+                lease.refresh().await?;
+            }
             if let Some(c) = &mut self.claimer
                 && c.next_deadline().is_some_and(|at| at <= Instant::now())
             {
@@ -401,6 +498,13 @@ impl PubSubSource {
                 }
             };
             if let Some(batch) = batch {
+                if let Some(lease) = &self.lease
+                    && !lease.held
+                {
+                    // Standby: another instance delivers these.
+                    RuleStats::add(&lease.stats.claimed_elsewhere, batch.len() as u64);
+                    continue;
+                }
                 let Some(c) = &mut self.claimer else {
                     return Ok(Some(batch));
                 };
@@ -414,7 +518,14 @@ impl PubSubSource {
             if self.task.is_finished() {
                 return Ok(None);
             }
-            match self.claimer.as_ref().and_then(Claimer::next_deadline) {
+            let deadline = self
+                .claimer
+                .as_ref()
+                .and_then(Claimer::next_deadline)
+                .into_iter()
+                .chain(self.lease.as_ref().map(|l| l.next_check))
+                .min();
+            match deadline {
                 Some(at) => {
                     let _ = tokio::time::timeout_at(at.into(), data).await;
                 }
@@ -435,7 +546,12 @@ impl PubSubSource {
     pub fn take_buffered(&mut self) -> Vec<Message> {
         self.stop.cancel();
         let left: Vec<Message> = self.shared.lock().drain(..).collect();
-        if self.claimer.is_some() { Vec::new() } else { left }
+        let standby = self.lease.as_ref().is_some_and(|l| !l.held);
+        if self.claimer.is_some() || standby {
+            Vec::new()
+        } else {
+            left
+        }
     }
 
     /// Messages waiting in the buffer.
