@@ -59,23 +59,20 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut attempt = 0;
+    let mut retry = Retry::default();
     loop {
         if token.is_cancelled() {
             return None;
         }
         match f().await {
             Ok(v) => {
-                if attempt > 0 {
-                    info!(attempts = attempt + 1, "Connected {what} after retrying.");
+                if retry.attempt > 0 {
+                    info!(attempts = retry.attempt + 1, "Connected {what} after retrying.");
                 }
                 return Some(v);
             }
             Err(e) => {
-                attempt += 1;
-                let delay = backoff_delay(FIRST_RECONNECT_DELAY, MAX_RECONNECT_DELAY, attempt);
-                warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "Cannot open {what}; retrying.");
-                if !sleep_or_cancel(token, delay).await {
+                if !retry.wait(token, &format!("Cannot open {what}"), &e.to_string()).await {
                     return None;
                 }
             }
@@ -83,18 +80,20 @@ where
     }
 }
 
-/// Backoff state of an operation that must eventually succeed (dead letters, acks).
+/// Backoff state of an operation that must eventually succeed (opening, reading, dead
+/// letters, acks): capped exponential delays with jitter, reset by the caller after a success.
 #[derive(Default)]
 struct Retry {
     attempt: u32,
 }
 
 impl Retry {
-    /// Log the failure and wait before the next try; false when cancelled meanwhile.
-    async fn wait(&mut self, token: &CancellationToken, what: &str, e: &(dyn std::fmt::Display + Sync)) -> bool {
+    /// Log `failed` (`Cannot open source`) and wait before the next try; false when cancelled
+    /// meanwhile.
+    async fn wait(&mut self, token: &CancellationToken, failed: &str, e: &(dyn std::fmt::Display + Sync)) -> bool {
         self.attempt += 1;
         let delay = backoff_delay(FIRST_RECONNECT_DELAY, MAX_RECONNECT_DELAY, self.attempt);
-        warn!(error = %e, attempt = self.attempt, delay_ms = delay.as_millis() as u64, "{what} failed; retrying.");
+        warn!(error = %e, attempt = self.attempt, delay_ms = delay.as_millis() as u64, "{failed}; retrying.");
         sleep_or_cancel(token, delay).await
     }
 }
@@ -195,7 +194,7 @@ async fn run_rule_inner(
     };
     status.set(RuleState::Running);
     info!(summary = %spec.summary(), "Rule started.");
-    let mut read_failures = 0u32;
+    let mut read_retry = Retry::default();
     let exit = loop {
         let batch = tokio::select! {
             biased;
@@ -205,10 +204,10 @@ async fn run_rule_inner(
         match batch {
             Ok(None) => break RuleExit::SourceClosed,
             Ok(Some(batch)) => {
-                if read_failures > 0 {
+                if read_retry.attempt > 0 {
                     status.set(RuleState::Running);
                 }
-                read_failures = 0;
+                read_retry = Retry::default();
                 if batch.is_empty() {
                     continue;
                 }
@@ -220,10 +219,7 @@ async fn run_rule_inner(
                 RuleStats::add(&rule_loop.stats.source_errors, 1);
                 status.set(RuleState::Retrying);
                 status.set_error(e.to_string());
-                read_failures += 1;
-                let delay = backoff_delay(FIRST_RECONNECT_DELAY, MAX_RECONNECT_DELAY, read_failures);
-                warn!(error = %e, attempt = read_failures, delay_ms = delay.as_millis() as u64, "Source read failed; retrying.");
-                if !sleep_or_cancel(&token, delay).await {
+                if !read_retry.wait(&token, "Source read failed", &e).await {
                     break RuleExit::Cancelled;
                 }
             }
@@ -434,7 +430,7 @@ impl RuleLoop {
                 .collect();
             let mut retry = Retry::default();
             while let Err(e) = self.dead.write(&letters).await {
-                if !retry.wait(&self.token, "Writing dead letters", &e).await {
+                if !retry.wait(&self.token, "Writing dead letters failed", &e).await {
                     return false;
                 }
             }
@@ -453,7 +449,7 @@ impl RuleLoop {
         }
         let mut retry = Retry::default();
         while let Err(e) = source.ack(&batch).await {
-            if !retry.wait(&self.token, "Acknowledging the batch", &e).await {
+            if !retry.wait(&self.token, "Acknowledging the batch failed", &e).await {
                 return false;
             }
         }
