@@ -33,19 +33,24 @@ async fn read_as(conn: &mut redis::aio::MultiplexedConnection, consumer: &str) {
         .unwrap();
 }
 
-#[tokio::test]
-async fn too_many_deliveries_go_to_the_dead_letter_stream() {
-    let redis = RedisServer::start();
-    let mut conn = redis.conn().await;
+/// Group `g` on stream `in`, from its first entry.
+async fn create_group(conn: &mut redis::aio::MultiplexedConnection) {
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg("in")
         .arg("g")
         .arg("0")
         .arg("MKSTREAM")
-        .query_async(&mut conn)
+        .query_async(conn)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn too_many_deliveries_go_to_the_dead_letter_stream() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn().await;
+    create_group(&mut conn).await;
     let poison: String = conn.xadd("in", "*", &[("n", "poison")]).await.unwrap();
     // Delivered twice to a consumer that never acknowledged it (it crashed, say).
     read_as(&mut conn, "ghost").await;
@@ -74,19 +79,11 @@ async fn too_many_deliveries_go_to_the_dead_letter_stream() {
 async fn entries_deleted_while_pending_are_acknowledged_and_counted() {
     let redis = RedisServer::start();
     let mut conn = redis.conn().await;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg("in")
-        .arg("g")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    create_group(&mut conn).await;
     let gone: String = conn.xadd("in", "*", &[("n", "gone")]).await.unwrap();
     read_as(&mut conn, "ghost").await;
     let _: i64 = conn.xdel("in", &[&gone]).await.unwrap();
-    let kept: String = conn.xadd("in", "*", &[("n", "kept")]).await.unwrap();
+    let _: String = conn.xadd("in", "*", &[("n", "kept")]).await.unwrap();
 
     let daemon = spawn_daemon(RULES, &redis.url()).await;
     let out = wait_stream_len(&conn, "out", 1).await;
@@ -96,6 +93,5 @@ async fn entries_deleted_while_pending_are_acknowledged_and_counted() {
     })
     .await;
     wait_nothing_pending(&conn, "in", "g").await;
-    let _ = kept;
     daemon.stop().await;
 }

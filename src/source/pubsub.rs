@@ -384,16 +384,21 @@ impl PubSubSource {
             name,
             pattern,
         };
+        // `ha` keeps its claims and lease on a connection of its own: the subscription's
+        // connection can only subscribe.
+        let side_connection = || async {
+            redis_conn::manager(&spec.connection, Duration::ZERO)
+                .await
+                .map_err(|source| SourceError::Redis {
+                    op: "connect",
+                    key: sub.name.clone(),
+                    source,
+                })
+        };
         let claimer = match claim {
             None => None,
             Some(c) => Some(Claimer {
-                conn: redis_conn::manager(&spec.connection, Duration::ZERO)
-                    .await
-                    .map_err(|source| SourceError::Redis {
-                        op: "connect",
-                        key: sub.name.clone(),
-                        source,
-                    })?,
+                conn: side_connection().await?,
                 connection: spec.connection.clone(),
                 ttl: c.ttl,
                 id: c.id.clone(),
@@ -407,13 +412,7 @@ impl PubSubSource {
         let lease = match lease {
             None => None,
             Some(ttl) => Some(Lease {
-                conn: redis_conn::manager(&spec.connection, Duration::ZERO)
-                    .await
-                    .map_err(|source| SourceError::Redis {
-                        op: "connect",
-                        key: sub.name.clone(),
-                        source,
-                    })?,
+                conn: side_connection().await?,
                 key: redis_conn::prefixed(&spec.connection, &format!("redis-router:lease:{rule}")),
                 me: crate::identity::name(),
                 ttl: *ttl,
