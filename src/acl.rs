@@ -7,8 +7,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::config::{ConnectionSpec, QueueFormat, RuleSet, SinkSpecKind, SourceSpecKind};
+use crate::config::{ConnectionSpec, RuleSet, SinkSpecKind, SourceSpecKind};
 use crate::filter::Template;
+use crate::redis_conn;
 
 /// Commands every connection may use. (The router does not send `CLIENT SETINFO` on connect, so
 /// that it needs no `client` permission; see `redis_conn::client`.)
@@ -92,6 +93,7 @@ fn literal(conn: &ConnectionSpec, name: &str) -> String {
 fn server(conn: &ConnectionSpec) -> String {
     use redis::IntoConnectionInfo;
     match conn.url.as_str().into_connection_info() {
+        Ok(info) if conn.cluster => format!("cluster via {} (every node)", info.addr()),
         Ok(info) => format!("{} db {}", info.addr(), info.redis_settings().db()),
         Err(_) => conn.masked_url(),
     }
@@ -141,6 +143,10 @@ pub fn grants(set: &RuleSet) -> Vec<ServerGrants> {
         if !out[i].connections.contains(&conn.name) {
             out[i].connections.push(conn.name.clone());
         }
+        if conn.cluster {
+            // The cluster client reads the slot map; give the user on every node.
+            out[i].grants.command(&["cluster|slots"]);
+        }
         &mut out[i].grants
     }
     for rule in &set.rules {
@@ -148,10 +154,18 @@ pub fn grants(set: &RuleSet) -> Vec<ServerGrants> {
         let g = entry(&mut out, sc);
         match &rule.source.kind {
             SourceSpecKind::Channel {
-                channel, claim, lease, ..
+                channel,
+                claim,
+                lease,
+                sharded,
+                ..
             } => {
                 g.channels.insert(literal(sc, channel));
-                g.command(&["subscribe", "unsubscribe"]);
+                if *sharded {
+                    g.command(&["ssubscribe", "sunsubscribe"]);
+                } else {
+                    g.command(&["subscribe", "unsubscribe"]);
+                }
                 ha_grants(g, sc, &rule.name, claim.is_some(), lease.is_some());
             }
             SourceSpecKind::Pattern {
@@ -178,15 +192,15 @@ pub fn grants(set: &RuleSet) -> Vec<ServerGrants> {
                     g.command(&["xread", "xrevrange"]);
                 }
             }
-            SourceSpecKind::Queue { queue, format, .. } => {
-                let name = match format {
-                    QueueFormat::Raw => queue.clone(),
-                    QueueFormat::Laravel => format!("queues:{queue}"),
-                };
-                g.keys.insert(literal(sc, &name));
-                g.keys.insert(format!("{}:processing:*", literal(sc, &name)));
-                g.keys.insert(format!("{}:heartbeat:*", literal(sc, &name)));
-                g.keys.insert(format!("{}:consumers", literal(sc, &name)));
+            kind @ SourceSpecKind::Queue { .. } => {
+                let name = kind.list_key().unwrap_or_default();
+                let key = redis_conn::prefixed(sc, &name);
+                g.keys.insert(escape(&key));
+                for suffix in [":processing:", ":heartbeat:"] {
+                    g.keys
+                        .insert(format!("{}*", escape(&redis_conn::companion(sc, &key, suffix))));
+                }
+                g.keys.insert(escape(&redis_conn::companion(sc, &key, ":consumers")));
                 // EVAL: the recovery script of dead consumers (LMOVE, SREM, EXISTS inside).
                 g.command(&[
                     "blmove", "lmove", "lrange", "lrem", "set", "sadd", "smembers", "srem", "exists", "eval",
@@ -204,10 +218,10 @@ pub fn grants(set: &RuleSet) -> Vec<ServerGrants> {
             let c = &sink.connection;
             match &sink.kind {
                 SinkSpecKind::Webhook(_) => {}
-                SinkSpecKind::Publish { channel, .. } => {
+                SinkSpecKind::Publish { channel, sharded, .. } => {
                     let g = entry(&mut out, c);
                     g.channels.insert(glob(c, channel));
-                    g.command(&["publish"]);
+                    g.command(&[if *sharded { "spublish" } else { "publish" }]);
                 }
                 SinkSpecKind::Stream { stream, .. } => {
                     let g = entry(&mut out, c);
@@ -227,10 +241,14 @@ pub fn grants(set: &RuleSet) -> Vec<ServerGrants> {
                     ..
                 } => {
                     let g = entry(&mut out, c);
-                    let base = glob(
-                        c,
-                        &Template::compile(&format!("queues:{}", queue.source())).unwrap_or_else(|_| queue.clone()),
-                    );
+                    let q = glob(&ConnectionSpec::default(), queue);
+                    let tagged = l.hash_tag && redis_conn::hash_tag(queue.source()).is_none();
+                    let name = if tagged {
+                        format!("queues:{{{q}}}")
+                    } else {
+                        format!("queues:{q}")
+                    };
+                    let base = format!("{}{name}", escape(&c.prefix));
                     if l.delay.is_some() {
                         g.keys.insert(format!("{base}:delayed"));
                         g.command(&["zadd"]);

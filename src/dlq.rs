@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::redis_conn::Conn;
 use redis::Value;
-use redis::aio::ConnectionManager;
 
 use crate::config::{ConnectionSpec, RuleSet, RuleSpec};
 use crate::message::{Body, Message, Meta, SourceKind};
@@ -120,7 +120,7 @@ fn streams(set: &RuleSet, rule: Option<&str>) -> Result<Vec<DeadStream>, DlqErro
     Ok(out)
 }
 
-async fn connect(d: &DeadStream) -> Result<ConnectionManager, DlqError> {
+async fn connect(d: &DeadStream) -> Result<Conn, DlqError> {
     redis_conn::manager(&d.connection, Duration::ZERO)
         .await
         .map_err(|source| DlqError::Redis {
@@ -130,7 +130,7 @@ async fn connect(d: &DeadStream) -> Result<ConnectionManager, DlqError> {
         })
 }
 
-async fn read_all(conn: &mut ConnectionManager, d: &DeadStream) -> Result<Vec<DeadLetterEntry>, DlqError> {
+async fn read_all(conn: &mut Conn, d: &DeadStream) -> Result<Vec<DeadLetterEntry>, DlqError> {
     let key = redis_conn::prefixed(&d.connection, &d.key);
     let mut out = Vec::new();
     let mut start = "-".to_string();

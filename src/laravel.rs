@@ -27,6 +27,18 @@ pub const CALL_QUEUED_HANDLER: &str = "Illuminate\\Queue\\CallQueuedHandler@call
 /// (`protected $data;` in `App\Jobs\CALLP2`).
 pub const DEFAULT_PROPERTY: &str = "data";
 
+/// The list holding queue `name`'s jobs, as Laravel names it: `queues:<name>`, or with
+/// `hash_tag` `queues:{<name>}` as Laravel 13 does on a cluster, so that the list and its
+/// `:notify`, `:delayed` and `:reserved` companions share one slot. A name that already holds a
+/// hash tag (`{default}`, as Laravel 12 and earlier configure a cluster queue) is left alone.
+pub fn queue_key(name: &str, hash_tag: bool) -> String {
+    if hash_tag && crate::redis_conn::hash_tag(name).is_none() {
+        format!("queues:{{{name}}}")
+    } else {
+        format!("queues:{name}")
+    }
+}
+
 /// Properties that Laravel 8's `InteractsWithQueue` and `Queueable` traits add to every job
 /// object; the data property must not reuse one of these names.
 const RESERVED_PROPERTIES: [&str; 10] = [

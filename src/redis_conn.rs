@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::io::tcp::TcpSettings;
-use redis::{Client, IntoConnectionInfo, RedisResult};
+use redis::{Client, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
 
 use crate::config::ConnectionSpec;
 
@@ -54,6 +56,11 @@ pub fn client(spec: &ConnectionSpec) -> RedisResult<Client> {
         return Client::open(info);
     };
     install_crypto_provider();
+    Client::build_with_tls(info, tls_certificates(spec, tls)?)
+}
+
+/// The CA, client certificate and key files of a `rediss://` connection, read now.
+fn tls_certificates(spec: &ConnectionSpec, tls: &crate::config::TlsSpec) -> RedisResult<redis::TlsCertificates> {
     let read = |path: &std::path::Path, what: &str| {
         std::fs::read(path).map_err(|e| {
             redis::RedisError::from(std::io::Error::new(
@@ -70,7 +77,7 @@ pub fn client(spec: &ConnectionSpec) -> RedisResult<Client> {
         }),
         _ => None,
     };
-    Client::build_with_tls(info, redis::TlsCertificates { client_tls, root_cert })
+    Ok(redis::TlsCertificates { client_tls, root_cert })
 }
 
 /// rustls needs one process-wide crypto provider; two are linked in (through reqwest and the
@@ -82,18 +89,195 @@ pub(crate) fn install_crypto_provider() {
     });
 }
 
-/// A reconnecting connection whose responses may take `extra` longer than [`COMMAND_TIMEOUT`]
-/// (the BLOCK time of blocking reads issued on it).
+/// A connection to one server or to a Redis Cluster. Commands and pipelines go through either
+/// the same way (it is a [`redis::aio::ConnectionLike`]); on a cluster each key goes to the node
+/// that owns its slot, and a pipeline whose keys span several slots is split per slot (see
+/// [`cluster_pipeline`]). Cloning shares the underlying connection.
+#[derive(Clone)]
+pub enum Conn {
+    /// One server, reconnecting in the background.
+    Single(ConnectionManager),
+    /// A cluster: redis-rs follows MOVED/ASK and refreshes its slot map.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => Box::pin(cluster_pipeline(c, pipeline, offset, count)),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A pipeline on a cluster. redis-rs sends a whole pipeline to one node and refuses one whose
+/// keys are in different slots, but a batch of a hundred messages routinely writes to keys
+/// all over the cluster (`stream: "events:{{type}}"`, one claim key per message). So: split the
+/// commands by slot, send one sub-pipeline per slot, all at once, and put the replies back in
+/// the order of the commands. One round trip per node instead of one per message; no order is
+/// promised between different keys, as in Redis Cluster itself.
+async fn cluster_pipeline(
+    conn: &mut ClusterConnection,
+    pipeline: &Pipeline,
+    offset: usize,
+    count: usize,
+) -> RedisResult<Vec<Value>> {
+    let commands: Vec<&Cmd> = pipeline.cmd_iter().collect();
+    // Transactions must stay whole (their keys must share a slot anyway).
+    if pipeline.is_transaction() || offset != 0 || count != commands.len() {
+        return conn.req_packed_commands(pipeline, offset, count).await;
+    }
+    let mut groups: Vec<(Option<Slot>, Vec<usize>)> = Vec::new();
+    for (i, cmd) in commands.iter().enumerate() {
+        let slot = command_key(cmd).map(Slot::for_key);
+        // A command without a key (PING) rides along with the first group.
+        match groups.iter_mut().find(|(s, _)| slot.is_none() || *s == slot) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((slot, vec![i])),
+        }
+    }
+    if groups.len() <= 1 {
+        return conn.req_packed_commands(pipeline, offset, count).await;
+    }
+    let sends = groups.iter().map(|(slot, members)| {
+        let mut part = redis::pipe();
+        for &i in members {
+            part.add_command(commands[i].clone());
+        }
+        let route = match slot {
+            Some(slot) => SingleNodeRoutingInfo::SpecificNode(Route::with_slot(*slot, SlotAddr::Master)),
+            None => SingleNodeRoutingInfo::RandomPrimary,
+        };
+        let mut conn = conn.clone();
+        async move { conn.route_pipeline(part, 0, members.len(), route).await }
+    });
+    let replies = futures_util::future::join_all(sends).await;
+    let mut out = vec![Value::Nil; commands.len()];
+    for ((_, members), reply) in groups.iter().zip(replies) {
+        for (&i, value) in members.iter().zip(reply?) {
+            out[i] = value;
+        }
+    }
+    Ok(out)
+}
+
+/// The key a command is routed by: the first key of EVAL/EVALSHA/FCALL, the first stream of
+/// XREAD/XREADGROUP, the argument after the subcommand of XGROUP/XINFO, otherwise the first
+/// argument (the key or channel of every other command the router pipelines).
+fn command_key(cmd: &Cmd) -> Option<&[u8]> {
+    let mut args = cmd.args_iter().filter_map(|a| match a {
+        redis::Arg::Simple(bytes) => Some(bytes),
+        _ => None,
+    });
+    let name = args.next()?;
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    if is("EVAL") || is("EVALSHA") || is("EVAL_RO") || is("EVALSHA_RO") || is("FCALL") {
+        args.next()?;
+        let numkeys = args.next()?;
+        return if numkeys == b"0" { None } else { args.next() };
+    }
+    if is("XREAD") || is("XREADGROUP") {
+        args.find(|a| a.eq_ignore_ascii_case(b"STREAMS"))?;
+        return args.next();
+    }
+    if is("XGROUP") || is("XINFO") || is("OBJECT") || is("MEMORY") {
+        args.next()?;
+        return args.next();
+    }
+    if is("PING") || is("SCRIPT") || is("INFO") || is("ACL") || is("CLIENT") {
+        return None;
+    }
+    args.next()
+}
+
+/// The connection a rule, a sink or the dead-letter writer uses: a reconnecting manager whose
+/// responses may take `extra` longer than [`COMMAND_TIMEOUT`] (the BLOCK time of blocking
+/// reads issued on it), or for `cluster: true` a cluster connection through the seed nodes.
 ///
 /// # Errors
 /// When Redis cannot be reached now.
-pub async fn manager(spec: &ConnectionSpec, extra: Duration) -> RedisResult<ConnectionManager> {
+pub async fn manager(spec: &ConnectionSpec, extra: Duration) -> RedisResult<Conn> {
+    if spec.cluster {
+        let client = cluster_client(spec, extra, None)?;
+        return Ok(Conn::Cluster(client.get_async_connection().await?));
+    }
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(COMMAND_TIMEOUT + extra))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_secs(2));
-    ConnectionManager::new_with_config(client(spec)?, config).await
+    Ok(Conn::Single(
+        ConnectionManager::new_with_config(client(spec)?, config).await?,
+    ))
+}
+
+/// A cluster client over every seed node, with the connection's credentials, TLS files and
+/// timeouts; `push` receives Pub/Sub messages (RESP3) when given.
+fn cluster_client(
+    spec: &ConnectionSpec,
+    extra: Duration,
+    push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
+) -> RedisResult<redis::cluster::ClusterClient> {
+    let seeds = spec
+        .nodes
+        .iter()
+        .map(|url| {
+            let node = ConnectionSpec {
+                url: url.clone(),
+                cluster: false,
+                ..spec.clone()
+            };
+            Ok(client(&node)?.get_connection_info().clone())
+        })
+        .collect::<RedisResult<Vec<_>>>()?;
+    let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
+        .tcp_settings(TcpSettings::default().set_nodelay(true))
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(COMMAND_TIMEOUT + extra)
+        .retries(3)
+        .max_retry_wait(2_000);
+    if let Some(tls) = &spec.tls {
+        install_crypto_provider();
+        builder = builder.certs(tls_certificates(spec, tls)?);
+    }
+    if let Some(push) = push {
+        builder = builder.use_protocol(redis::ProtocolVersion::RESP3).push_sender(push);
+    }
+    builder.build()
+}
+
+/// A cluster connection that delivers Pub/Sub messages (`SUBSCRIBE`, `PSUBSCRIBE`, and the
+/// sharded `SSUBSCRIBE`, which only the node owning the channel's slot serves) to `push`.
+/// redis-rs resubscribes after a node is lost or a slot moves.
+///
+/// # Errors
+/// When the cluster cannot be reached now.
+pub async fn cluster_pubsub(
+    spec: &ConnectionSpec,
+    push: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+) -> RedisResult<ClusterConnection> {
+    cluster_client(spec, Duration::ZERO, Some(push))?
+        .get_async_connection()
+        .await
 }
 
 /// A Pub/Sub connection (its stream ends when the connection drops; the caller resubscribes).
@@ -117,6 +301,25 @@ pub fn prefixed(spec: &ConnectionSpec, key: &str) -> String {
         key.to_string()
     } else {
         format!("{}{}", spec.prefix, key)
+    }
+}
+
+/// The hash tag of a key: what Redis Cluster hashes instead of the whole key (the text between
+/// the first `{` and the next `}`, when not empty).
+pub fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let len = key[open + 1..].find('}')?;
+    (len > 0).then(|| &key[open + 1..open + 1 + len])
+}
+
+/// A key that a script or a multi-key command uses together with `key` (already prefixed):
+/// `<key><suffix>` on one server. On a cluster it must be in the same slot: `<key><suffix>` when
+/// `key` has a hash tag, else `{<key>}<suffix>` (whose hash tag is the whole of `key`).
+pub fn companion(spec: &ConnectionSpec, key: &str, suffix: &str) -> String {
+    if spec.cluster && hash_tag(key).is_none() {
+        format!("{{{key}}}{suffix}")
+    } else {
+        format!("{key}{suffix}")
     }
 }
 

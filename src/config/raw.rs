@@ -38,7 +38,9 @@ pub(crate) struct RawFileOutline {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConnection {
-    pub url: SpStr,
+    pub url: Option<SpStr>,
+    pub cluster: Option<Spanned<bool>>,
+    pub nodes: Option<Spanned<Vec<SpStr>>>,
     pub prefix: Option<SpStr>,
     pub username: Option<SpStr>,
     pub password: Option<SpStr>,
@@ -93,6 +95,7 @@ pub(crate) struct RawSource {
     pub claim_ttl: Option<SpStr>,
     pub claim_id: Option<SpStr>,
     pub lease_ttl: Option<SpStr>,
+    pub sharded: Option<Spanned<bool>>,
     // Stream options.
     pub group: Option<SpStr>,
     pub consumer: Option<SpStr>,
@@ -104,6 +107,7 @@ pub(crate) struct RawSource {
     pub max_deliveries: Option<Spanned<u64>>,
     // Queue options.
     pub format: Option<SpStr>,
+    pub hash_tag: Option<Spanned<bool>>,
 }
 
 /// A sink: exactly one of the kind keys, plus the options of that kind.
@@ -122,6 +126,8 @@ pub(crate) struct RawSink {
     pub body: Option<SpStr>,
     pub laravel: Option<Spanned<RawLaravelSink>>,
     pub format: Option<SpStr>,
+    pub hash_tag: Option<Spanned<bool>>,
+    pub sharded: Option<Spanned<bool>>,
     pub filter: Option<SpStr>,
     pub on_error: Option<Spanned<RawOnError>>,
     // Webhook options.

@@ -29,8 +29,14 @@ pub struct RuleSet {
 pub struct ConnectionSpec {
     /// Name used by rules.
     pub name: String,
-    /// `redis://…` URL, with any password; see [`ConnectionSpec::masked_url`].
+    /// `redis://…` URL, with any password; see [`ConnectionSpec::masked_url`]. For a cluster,
+    /// the first seed node.
     pub url: String,
+    /// `cluster: true`: a Redis Cluster, reached through these seed nodes (`url` first); keys
+    /// are routed to the node that owns their slot.
+    pub cluster: bool,
+    /// Every seed node of a cluster (`url` and `nodes:`); empty for one server.
+    pub nodes: Vec<String>,
     /// Added to every key and channel this connection touches.
     pub prefix: String,
     /// ACL user, overriding the URL's.
@@ -88,6 +94,8 @@ impl fmt::Debug for ConnectionSpec {
         f.debug_struct("ConnectionSpec")
             .field("name", &self.name)
             .field("url", &self.masked_url())
+            .field("cluster", &self.cluster)
+            .field("nodes", &self.nodes.iter().map(|n| mask_url(n)).collect::<Vec<_>>())
             .field("prefix", &self.prefix)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
@@ -209,10 +217,13 @@ pub enum QueueFormat {
 /// The kinds of source.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceSpecKind {
-    /// SUBSCRIBE to one channel.
+    /// SUBSCRIBE to one channel (SSUBSCRIBE when sharded).
     Channel {
         /// Channel name, without prefix.
         channel: String,
+        /// `sharded: true`: a sharded channel of a Redis Cluster (SSUBSCRIBE), served by the node
+        /// that owns its slot.
+        sharded: bool,
         /// Buffered messages between the socket and the rule.
         buffer: usize,
         /// What a full buffer does.
@@ -266,6 +277,9 @@ pub enum SourceSpecKind {
         block: Duration,
         /// Consumer name; `None` is the host name.
         consumer: Option<String>,
+        /// `hash_tag: true`: Laravel's keys are `queues:{name}`, as Laravel 13 writes them on a
+        /// cluster.
+        hash_tag: bool,
     },
 }
 
@@ -277,6 +291,27 @@ impl SourceSpec {
             SourceSpecKind::Pattern { .. } => "pattern",
             SourceSpecKind::Stream { .. } => "stream",
             SourceSpecKind::Queue { .. } => "queue",
+        }
+    }
+}
+
+impl SourceSpecKind {
+    /// The list a queue source reads, as the rule names it (no prefix): the queue itself, or
+    /// Laravel's `queues:<name>` (`queues:{name}` with `hash_tag`).
+    pub fn list_key(&self) -> Option<String> {
+        match self {
+            SourceSpecKind::Queue {
+                queue,
+                format: QueueFormat::Raw,
+                ..
+            } => Some(queue.clone()),
+            SourceSpecKind::Queue {
+                queue,
+                format: QueueFormat::Laravel,
+                hash_tag,
+                ..
+            } => Some(crate::laravel::queue_key(queue, *hash_tag)),
+            _ => None,
         }
     }
 }
@@ -330,6 +365,8 @@ pub enum SinkSpecKind {
         channel: Template,
         /// Message template; the payload when absent.
         body: Option<Template>,
+        /// `sharded: true`: SPUBLISH, to the shard that owns the channel's slot.
+        sharded: bool,
     },
     /// XADD.
     Stream {
@@ -408,6 +445,8 @@ pub struct LaravelSinkSpec {
     pub backoff: Option<String>,
     /// Delay before the job becomes available (goes to `:delayed`).
     pub delay: Option<Duration>,
+    /// `hash_tag: true`: the keys are `queues:{name}`, as Laravel 13 writes them on a cluster.
+    pub hash_tag: bool,
 }
 
 pub use crate::laravel::JobTarget as LaravelTarget;

@@ -189,23 +189,64 @@ fn connections(cx: &mut Ctx<'_>, raw: &RawFile) -> Connections {
     for (name, conn) in &raw.connections {
         let RawConnection {
             url,
+            cluster,
+            nodes,
             prefix,
             username,
             password,
             password_file,
             tls,
         } = &conn.value;
-        let Some(url_text) = cx.text(url) else { continue };
-        if let Err(e) = redis::Client::open(url_text.as_str()) {
+        let is_cluster = cluster.as_ref().is_some_and(|c| c.value);
+        let mut seeds: Vec<&SpStr> = url.iter().collect();
+        match nodes {
+            Some(n) if !is_cluster => {
+                cx.err(
+                    n.referenced,
+                    format!(
+                        "connection `{name}`: `nodes:` lists the seed nodes of a Redis Cluster; add `cluster: true`, or give one server as `url:`"
+                    ),
+                );
+                continue;
+            }
+            Some(n) => seeds.extend(n.value.iter()),
+            None => {}
+        }
+        if seeds.is_empty() {
             cx.err(
-                url.referenced,
+                conn.referenced,
                 format!(
-                    "connection `{name}`: bad Redis URL `{}` ({e}); write e.g. `redis://127.0.0.1:6379/0` or `rediss://user:pass@host:6380`",
-                    mask_url(&url_text)
+                    "connection `{name}` has no address; write `url: redis://host:6379`, or for a Redis Cluster `cluster: true` with `nodes: [redis://host1:6379, redis://host2:6379]`"
                 ),
             );
             continue;
         }
+        let mut urls = Vec::with_capacity(seeds.len());
+        for seed in seeds {
+            let Some(text) = cx.text(seed) else { continue };
+            match redis::Client::open(text.as_str()) {
+                Err(e) => cx.err(
+                    seed.referenced,
+                    format!(
+                        "connection `{name}`: bad Redis URL `{}` ({e}); write e.g. `redis://127.0.0.1:6379/0` or `rediss://user:pass@host:6380`",
+                        mask_url(&text)
+                    ),
+                ),
+                Ok(client) if is_cluster && client.get_connection_info().redis_settings().db() != 0 => cx.err(
+                    seed.referenced,
+                    format!(
+                        "connection `{name}`: a Redis Cluster has only database 0; remove the `/{}` from `{}`",
+                        client.get_connection_info().redis_settings().db(),
+                        mask_url(&text)
+                    ),
+                ),
+                Ok(_) => urls.push(text),
+            }
+        }
+        if urls.is_empty() || urls.len() < url.iter().count() + nodes.as_ref().map_or(0, |n| n.value.len()) {
+            continue;
+        }
+        let url_text = urls[0].clone();
         let prefix = prefix.as_ref().and_then(|p| cx.text(p)).unwrap_or_default();
         if let (Some(_), Some(f)) = (password, password_file) {
             cx.err(
@@ -253,6 +294,8 @@ fn connections(cx: &mut Ctx<'_>, raw: &RawFile) -> Connections {
             Arc::new(ConnectionSpec {
                 name: name.clone(),
                 url: url_text,
+                cluster: is_cluster,
+                nodes: if is_cluster { urls } else { Vec::new() },
                 prefix,
                 username,
                 password,
@@ -419,6 +462,26 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
     if kind != "queue" {
         cx.only_for(&s.format, "format", "queue sources");
     }
+    if kind != "channel" {
+        cx.only_for(
+            &s.sharded,
+            "sharded",
+            "channel sources (sharded Pub/Sub has no patterns)",
+        );
+    }
+    let sharded = s.sharded.as_ref().is_some_and(|b| b.value);
+    if let (Some(b), Some(c)) = (&s.sharded, &connection)
+        && b.value
+        && !c.cluster
+    {
+        cx.err(
+            b.referenced,
+            format!(
+                "`sharded: true` subscribes with SSUBSCRIBE on a Redis Cluster, but connection `{}` has no `cluster: true`; add it, or remove `sharded`",
+                c.name
+            ),
+        );
+    }
     if pubsub {
         cx.only_for(&s.block, "block", "stream and queue sources");
         cx.only_for(&s.consumer, "consumer", "stream and queue sources");
@@ -457,6 +520,7 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
     let kind = match kind {
         "channel" => SourceSpecKind::Channel {
             channel: name?,
+            sharded,
             buffer: buffer?,
             overflow: overflow?,
             claim: claim?,
@@ -530,11 +594,18 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
         }
         _ => {
             let format = queue_format(cx, &s.format).map(|f| f.unwrap_or(QueueFormat::Raw));
+            let laravel = format == Some(QueueFormat::Laravel);
+            let hash_tag = laravel_hash_tag(cx, &s.hash_tag, laravel, "`format: laravel`");
+            let name = name?;
+            if let Some(c) = &connection {
+                cluster_queue_check(cx, key, c, &name, laravel, hash_tag);
+            }
             SourceSpecKind::Queue {
-                queue: name?,
+                queue: name,
                 format: format?,
                 block: block?,
                 consumer: consumer?,
+                hash_tag,
             }
         }
     };
@@ -567,6 +638,47 @@ fn pick_kind<'a, const N: usize>(
             cx.err(second.referenced, format!("{what} has both `{a}` and `{b}`; {split}"));
             None
         }
+    }
+}
+
+/// `hash_tag: true|false` of a Laravel queue source or sink.
+fn laravel_hash_tag(cx: &mut Ctx<'_>, hash_tag: &Option<Spanned<bool>>, laravel: bool, needs: &str) -> bool {
+    if !laravel {
+        cx.only_for(hash_tag, "hash_tag", needs);
+    }
+    hash_tag.as_ref().is_some_and(|b| b.value)
+}
+
+/// On a cluster, the keys a queue uses together must share a slot: Laravel's push and pop
+/// scripts touch `queues:<name>` and `queues:<name>:notify` (and `:reserved`, `:delayed`), and a
+/// queue source moves elements into its processing list with BLMOVE.
+fn cluster_queue_check(
+    cx: &mut Ctx<'_>,
+    key: &SpStr,
+    conn: &ConnectionSpec,
+    name: &str,
+    laravel: bool,
+    hash_tag: bool,
+) {
+    if !conn.cluster {
+        return;
+    }
+    if laravel && !hash_tag && crate::redis_conn::hash_tag(name).is_none() {
+        cx.err(
+            key.referenced,
+            format!(
+                "on cluster connection `{}`, Laravel's keys `queues:{name}` and `queues:{name}:notify` hash to different slots; add `hash_tag: true` (keys `queues:{{{name}}}`, as Laravel 13 names them on a cluster), or name the queue `{{{name}}}` as the app's `config/queue.php` does",
+                conn.name
+            ),
+        );
+    } else if !laravel && name.contains('}') && crate::redis_conn::hash_tag(name).is_none() {
+        cx.err(
+            key.referenced,
+            format!(
+                "on cluster connection `{}`, the queue's processing list must share its slot: give `{name}` a hash tag such as `{{jobs}}:rest`, or drop the `}}`",
+                conn.name
+            ),
+        );
     }
 }
 
@@ -634,6 +746,10 @@ fn sink_spec(
     if kind != "queue" {
         cx.only_for(&s.laravel, "laravel", "queue sinks");
         cx.only_for(&s.format, "format", "queue sinks");
+        cx.only_for(&s.hash_tag, "hash_tag", "Laravel queue sinks");
+    }
+    if kind != "publish" {
+        cx.only_for(&s.sharded, "sharded", "publish sinks");
     }
     if kind == "webhook" {
         cx.only_for(&s.connection, "connection", "Redis sinks (a webhook has its URL)");
@@ -664,6 +780,7 @@ fn sink_spec(
         "publish" => SinkSpecKind::Publish {
             channel: target?,
             body: body?,
+            sharded: s.sharded.as_ref().is_some_and(|b| b.value),
         },
         "webhook" => SinkSpecKind::Webhook(webhook_spec(cx, s, key, target?, body?)?),
         "stream" => {
@@ -722,14 +839,23 @@ fn sink_spec(
                     "a Laravel queue sink writes jobs, not a `body`; remove `body`",
                 );
             }
-            let laravel = match (&s.laravel, laravel_format?) {
-                (Some(l), _) => Some(laravel_spec(cx, l)?),
+            let laravel_format = laravel_format?;
+            let hash_tag = laravel_hash_tag(cx, &s.hash_tag, laravel_format, "`format: laravel` or `laravel:`");
+            if let Some(c) = &connection {
+                cluster_queue_check(cx, key, c, &key.value, laravel_format, hash_tag);
+            }
+            let laravel = match (&s.laravel, laravel_format) {
+                (Some(l), _) => Some(LaravelSinkSpec {
+                    hash_tag,
+                    ..laravel_spec(cx, l)?
+                }),
                 (None, true) => Some(LaravelSinkSpec {
                     target: None,
                     tries: None,
                     timeout: None,
                     backoff: None,
                     delay: None,
+                    hash_tag,
                 }),
                 (None, false) => None,
             };
@@ -930,6 +1056,7 @@ fn laravel_spec(cx: &mut Ctx<'_>, l: &Spanned<RawLaravelSink>) -> Option<Laravel
         timeout: timeout?,
         backoff: backoff?,
         delay: delay?,
+        hash_tag: false,
     })
 }
 

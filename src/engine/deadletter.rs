@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::Conn;
 use tracing::error;
 
 use crate::config::ConnectionSpec;
@@ -36,7 +36,7 @@ pub struct DeadLetter<'a> {
 /// Writes dead letters for one rule.
 pub struct DeadLetters {
     /// `None` in a dry run: dead letters are printed, not written.
-    conn: Option<(ConnectionManager, std::sync::Arc<ConnectionSpec>)>,
+    conn: Option<(Conn, std::sync::Arc<ConnectionSpec>)>,
 }
 
 impl DeadLetters {

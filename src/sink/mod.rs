@@ -14,7 +14,7 @@ use std::time::Duration;
 
 pub use webhook::WebhookSink;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::Conn;
 use redis::{Cmd, Value};
 
 use crate::config::{SinkSpec, SinkSpecKind};
@@ -197,7 +197,9 @@ pub fn shell_words(args: &[Vec<u8>]) -> String {
 fn render(spec: &SinkSpec, msg: &Message) -> Result<Cmd, EvalError> {
     let prefix = &spec.connection;
     match &spec.kind {
-        SinkSpecKind::Publish { channel, body } => publish::render(prefix, channel, body.as_ref(), msg),
+        SinkSpecKind::Publish { channel, body, sharded } => {
+            publish::render(prefix, channel, body.as_ref(), *sharded, msg)
+        }
         SinkSpecKind::Stream { stream, maxlen, fields } => {
             stream::render(prefix, stream, *maxlen, fields.as_deref(), msg)
         }
@@ -215,7 +217,7 @@ fn render(spec: &SinkSpec, msg: &Message) -> Result<Cmd, EvalError> {
 pub struct RedisSink {
     spec: SinkSpec,
     label: String,
-    conn: ConnectionManager,
+    conn: Conn,
 }
 
 impl RedisSink {

@@ -1,4 +1,6 @@
-//! `publish` sink: PUBLISH the payload (or the `body` template) on a channel template.
+//! `publish` sink: PUBLISH the payload (or the `body` template) on a channel template, or with
+//! `sharded: true` SPUBLISH it (Redis 7), which a cluster routes to the one shard that owns the
+//! channel's slot instead of broadcasting it to every node.
 
 use redis::Cmd;
 
@@ -7,15 +9,16 @@ use crate::filter::{EvalError, Missing, Template};
 use crate::message::Message;
 use crate::redis_conn;
 
-/// `PUBLISH <prefix><channel> <body>`.
+/// `PUBLISH <prefix><channel> <body>` (`SPUBLISH` when sharded).
 pub(super) fn render(
     conn: &ConnectionSpec,
     channel: &Template,
     body: Option<&Template>,
+    sharded: bool,
     msg: &Message,
 ) -> Result<Cmd, EvalError> {
     let channel = redis_conn::prefixed(conn, &channel.render_string(msg, Missing::Error)?);
-    let mut cmd = redis::cmd("PUBLISH");
+    let mut cmd = redis::cmd(if sharded { "SPUBLISH" } else { "PUBLISH" });
     cmd.arg(channel);
     match body {
         Some(t) => cmd.arg(t.render(msg, Missing::Empty)?),

@@ -41,7 +41,7 @@ pub(super) fn render(
         // Forwarded: the same bytes, so the job keeps its uuid and attempts.
         None => msg.raw().to_vec(),
     };
-    let key = redis_conn::prefixed(conn, &format!("queues:{name}"));
+    let key = redis_conn::prefixed(conn, &laravel::queue_key(&name, spec.hash_tag));
     let mut cmd;
     match spec.delay {
         Some(delay) => {
@@ -51,14 +51,16 @@ pub(super) fn render(
                 .saturating_add(delay)
                 .as_secs();
             cmd = redis::cmd("ZADD");
-            cmd.arg(format!("{key}:delayed")).arg(due).arg(payload);
+            cmd.arg(redis_conn::companion(conn, &key, ":delayed"))
+                .arg(due)
+                .arg(payload);
         }
         None => {
             cmd = redis::cmd("EVAL");
             cmd.arg(LARAVEL_PUSH)
                 .arg(2)
                 .arg(&key)
-                .arg(format!("{key}:notify"))
+                .arg(redis_conn::companion(conn, &key, ":notify"))
                 .arg(payload);
         }
     }

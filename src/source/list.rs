@@ -7,13 +7,17 @@
 //! BLPOP raced against shutdown.
 //!
 //! With `format: laravel` the list is Laravel's `queues:<name>` (connection prefix included).
+//!
+//! On a cluster the processing list, heartbeat keys and consumer set are named
+//! `{<list>}:processing:<consumer>` and so on (unless the list has a hash tag of its own), so
+//! that they share the list's slot: BLMOVE and the recovery script need that.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::redis_conn::Conn;
 use redis::Value;
-use redis::aio::ConnectionManager;
 use tracing::info;
 
 use super::{SourceError, bulk};
@@ -45,7 +49,7 @@ return n
 
 /// A list source.
 pub struct ListSource {
-    conn: ConnectionManager,
+    conn: Conn,
     connection: Arc<ConnectionSpec>,
     /// The list as Redis holds it.
     key: String,
@@ -73,12 +77,15 @@ impl ListSource {
     /// # Errors
     /// When Redis cannot be reached.
     pub async fn open(spec: &SourceSpec, rule: Arc<str>, stats: Arc<RuleStats>) -> Result<ListSource, SourceError> {
-        let SourceSpecKind::Queue {
-            queue,
-            format,
-            block,
-            consumer,
-        } = &spec.kind
+        let (
+            SourceSpecKind::Queue {
+                format,
+                block,
+                consumer,
+                ..
+            },
+            Some(name),
+        ) = (&spec.kind, spec.kind.list_key())
         else {
             return Err(SourceError::Protocol {
                 op: "BLMOVE",
@@ -86,13 +93,9 @@ impl ListSource {
                 detail: "not a queue source".into(),
             });
         };
-        let name = match format {
-            QueueFormat::Raw => queue.clone(),
-            QueueFormat::Laravel => format!("queues:{queue}"),
-        };
         let consumer = consumer.clone().unwrap_or_else(default_consumer);
         let key = redis_conn::prefixed(&spec.connection, &name);
-        let processing = format!("{key}:processing:{consumer}");
+        let processing = processing_key(&spec.connection, &key, &consumer);
         let mut conn = redis_conn::manager(&spec.connection, *block)
             .await
             .map_err(|source| SourceError::Redis {
@@ -117,7 +120,7 @@ impl ListSource {
         let mut source = ListSource {
             conn,
             connection: spec.connection.clone(),
-            consumers_key: format!("{key}:consumers"),
+            consumers_key: redis_conn::companion(&spec.connection, &key, ":consumers"),
             key,
             processing,
             name,
@@ -134,7 +137,7 @@ impl ListSource {
     }
 
     fn heartbeat_key(&self, consumer: &str) -> String {
-        format!("{}:heartbeat:{consumer}", self.key)
+        redis_conn::companion(&self.connection, &self.key, &format!(":heartbeat:{consumer}"))
     }
 
     /// Refresh this consumer's heartbeat, and give the elements of consumers whose heartbeat
@@ -159,7 +162,7 @@ impl ListSource {
             let moved: i64 = redis::cmd("EVAL")
                 .arg(RECOVER)
                 .arg(4)
-                .arg(format!("{}:processing:{other}", self.key))
+                .arg(processing_key(&self.connection, &self.key, &other))
                 .arg(&self.key)
                 .arg(&self.consumers_key)
                 .arg(self.heartbeat_key(&other))
@@ -259,6 +262,12 @@ impl ListSource {
         let _: () = pipe.query_async(&mut self.conn).await.map_err(self.err("LREM"))?;
         Ok(())
     }
+}
+
+/// The processing list of `consumer` of list `key` (prefixed): `<key>:processing:<consumer>`,
+/// in the list's slot on a cluster (BLMOVE and the recovery script use both).
+pub fn processing_key(conn: &ConnectionSpec, key: &str, consumer: &str) -> String {
+    redis_conn::companion(conn, key, &format!(":processing:{consumer}"))
 }
 
 /// A Laravel job as a message: the payload bytes unchanged (a routed job is pushed as it came),

@@ -41,24 +41,95 @@ struct Subscription {
     /// Channel or pattern as the rule names it.
     name: String,
     pattern: bool,
+    /// SSUBSCRIBE (cluster only).
+    sharded: bool,
+}
+
+/// Where the reader takes messages from.
+enum Feed {
+    /// One server: redis-rs's Pub/Sub connection, whose stream ends when the connection drops
+    /// (the reader then resubscribes).
+    Single {
+        /// Held so that the connection stays open.
+        _sink: redis::aio::PubSubSink,
+        stream: redis::aio::PubSubStream,
+    },
+    /// A cluster: messages arrive as RESP3 pushes. redis-rs resubscribes by itself when a node
+    /// is lost or the channel's slot moves, and says so with a `Disconnection` push, then a
+    /// new subscription confirmation.
+    Cluster {
+        /// Held so that the connection stays open.
+        _conn: redis::cluster_async::ClusterConnection,
+        pushes: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+    },
+}
+
+/// What the feed produced.
+enum Incoming {
+    Message(redis::Msg),
+    /// A cluster node holding the subscription was lost; redis-rs is resubscribing.
+    Down,
+    /// A subscription was (re)confirmed.
+    Up,
+}
+
+impl Feed {
+    /// The next message or event; `None` once the feed has ended (the connection is gone).
+    async fn next(&mut self) -> Option<Incoming> {
+        match self {
+            Feed::Single { stream, .. } => stream.next().await.map(Incoming::Message),
+            Feed::Cluster { pushes, .. } => loop {
+                let push = pushes.recv().await?;
+                match push.kind {
+                    redis::PushKind::Disconnection => return Some(Incoming::Down),
+                    redis::PushKind::Subscribe | redis::PushKind::PSubscribe | redis::PushKind::SSubscribe => {
+                        return Some(Incoming::Up);
+                    }
+                    _ => {
+                        if let Some(msg) = redis::Msg::from_push_info(push) {
+                            return Some(Incoming::Message(msg));
+                        }
+                    }
+                }
+            },
+        }
+    }
 }
 
 impl Subscription {
-    async fn connect(&self) -> Result<redis::aio::PubSub, SourceError> {
-        let op = if self.pattern { "PSUBSCRIBE" } else { "SUBSCRIBE" };
+    fn op(&self) -> &'static str {
+        match (self.pattern, self.sharded) {
+            (true, _) => "PSUBSCRIBE",
+            (false, true) => "SSUBSCRIBE",
+            (false, false) => "SUBSCRIBE",
+        }
+    }
+
+    async fn connect(&self) -> Result<Feed, SourceError> {
         let err = |source| SourceError::Redis {
-            op,
+            op: self.op(),
             key: self.name.clone(),
             source,
         };
-        let mut pubsub = redis_conn::pubsub(&self.connection).await.map_err(err)?;
         let target = redis_conn::prefixed(&self.connection, &self.name);
+        if self.connection.cluster {
+            let (tx, pushes) = tokio::sync::mpsc::unbounded_channel();
+            let mut conn = redis_conn::cluster_pubsub(&self.connection, tx).await.map_err(err)?;
+            match (self.pattern, self.sharded) {
+                (true, _) => conn.psubscribe(&target).await.map_err(err)?,
+                (false, true) => conn.ssubscribe(&target).await.map_err(err)?,
+                (false, false) => conn.subscribe(&target).await.map_err(err)?,
+            }
+            return Ok(Feed::Cluster { _conn: conn, pushes });
+        }
+        let mut pubsub = redis_conn::pubsub(&self.connection).await.map_err(err)?;
         if self.pattern {
             pubsub.psubscribe(&target).await.map_err(err)?;
         } else {
             pubsub.subscribe(&target).await.map_err(err)?;
         }
-        Ok(pubsub)
+        let (sink, stream) = pubsub.split();
+        Ok(Feed::Single { _sink: sink, stream })
     }
 }
 
@@ -151,7 +222,7 @@ pub struct PubSubSource {
 /// standby instances (counted as `claimed_elsewhere`, like everything a standby drops), and the
 /// takeover is logged with how long this instance stood by.
 struct Lease {
-    conn: redis::aio::ConnectionManager,
+    conn: redis_conn::Conn,
     key: String,
     me: String,
     ttl: Duration,
@@ -221,7 +292,7 @@ impl Lease {
 /// being delivered elsewhere, and the message is held until `ttl` has passed and claimed again
 /// then, so that a claimer that died before marking it `done` loses nothing.
 struct Claimer {
-    conn: redis::aio::ConnectionManager,
+    conn: redis_conn::Conn,
     connection: Arc<ConnectionSpec>,
     ttl: Duration,
     id: Option<crate::filter::Template>,
@@ -359,18 +430,19 @@ impl PubSubSource {
         let (name, pattern, buffer, overflow, claim, lease) = match &spec.kind {
             SourceSpecKind::Channel {
                 channel,
+                sharded,
                 buffer,
                 overflow,
                 claim,
                 lease,
-            } => (channel.clone(), false, *buffer, *overflow, claim, lease),
+            } => ((channel.clone(), *sharded), false, *buffer, *overflow, claim, lease),
             SourceSpecKind::Pattern {
                 pattern,
                 buffer,
                 overflow,
                 claim,
                 lease,
-            } => (pattern.clone(), true, *buffer, *overflow, claim, lease),
+            } => ((pattern.clone(), false), true, *buffer, *overflow, claim, lease),
             _ => {
                 return Err(SourceError::Protocol {
                     op: "SUBSCRIBE",
@@ -379,10 +451,12 @@ impl PubSubSource {
                 });
             }
         };
+        let (name, sharded) = name;
         let sub = Subscription {
             connection: spec.connection.clone(),
             name,
             pattern,
+            sharded,
         };
         // `ha` keeps its claims and lease on a connection of its own: the subscription's
         // connection can only subscribe.
@@ -422,8 +496,8 @@ impl PubSubSource {
                 stats: stats.clone(),
             }),
         };
-        let pubsub = sub.connect().await?;
-        debug!(channel = %sub.name, pattern, "Subscribed.");
+        let feed = sub.connect().await?;
+        debug!(channel = %sub.name, pattern, sharded, "Subscribed.");
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::with_capacity(buffer.min(1024))),
             data: Notify::new(),
@@ -435,7 +509,7 @@ impl PubSubSource {
             overflow_log: Mutex::new((None, 0)),
         });
         let stop = CancellationToken::new();
-        let task = tokio::spawn(read_loop(pubsub, sub, shared.clone(), stop.clone(), status).in_current_span());
+        let task = tokio::spawn(read_loop(feed, sub, shared.clone(), stop.clone(), status).in_current_span());
         Ok(PubSubSource {
             shared,
             stop,
@@ -560,54 +634,70 @@ impl PubSubSource {
 }
 
 async fn read_loop(
-    mut pubsub: redis::aio::PubSub,
+    mut feed: Feed,
     sub: Subscription,
     shared: Arc<Shared>,
     stop: CancellationToken,
     status: Arc<RuleStatus>,
 ) {
+    // Set while a cluster node holding the subscription is lost (redis-rs resubscribes).
+    let mut down_since: Option<Instant> = None;
     loop {
-        {
-            let mut messages = pubsub.on_message();
-            loop {
-                let msg = tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => return,
-                    msg = messages.next() => msg,
-                };
-                let Some(msg) = msg else { break };
-                let channel = redis_conn::unprefixed(&sub.connection, msg.get_channel_name()).to_string();
-                let pattern = if sub.pattern { Some(sub.name.clone()) } else { None };
-                let meta = Meta {
-                    rule: shared.rule.clone(),
-                    source: if sub.pattern {
-                        SourceKind::Pattern
-                    } else {
-                        SourceKind::Channel
-                    },
-                    key: channel,
-                    pattern,
-                    id: None,
-                    received: SystemTime::now(),
-                    deliveries: 1,
-                    fields: Vec::new(),
-                    problem: None,
-                };
-                shared
-                    .push(Message::new(Body::Bytes(msg.get_payload_bytes().to_vec()), meta), &stop)
-                    .await;
+        loop {
+            let incoming = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                incoming = feed.next() => incoming,
+            };
+            let msg = match incoming {
+                None => break,
+                Some(Incoming::Message(msg)) => msg,
+                Some(Incoming::Down) => {
+                    if down_since.is_none() {
+                        down_since = Some(Instant::now());
+                        subscription_lost(&sub, &status);
+                    }
+                    continue;
+                }
+                Some(Incoming::Up) => {
+                    if let Some(since) = down_since.take() {
+                        resubscribed(&sub, &shared, &status, since);
+                    }
+                    continue;
+                }
+            };
+            let channel = redis_conn::unprefixed(&sub.connection, msg.get_channel_name()).to_string();
+            let pattern = if sub.pattern { Some(sub.name.clone()) } else { None };
+            let meta = Meta {
+                rule: shared.rule.clone(),
+                source: if sub.pattern {
+                    SourceKind::Pattern
+                } else {
+                    SourceKind::Channel
+                },
+                key: channel,
+                pattern,
+                id: None,
+                received: SystemTime::now(),
+                deliveries: 1,
+                fields: Vec::new(),
+                problem: None,
+            };
+            shared
+                .push(Message::new(Body::Bytes(msg.get_payload_bytes().to_vec()), meta), &stop)
+                .await;
+        }
+        let since = match down_since {
+            Some(since) => since,
+            None => {
+                subscription_lost(&sub, &status);
+                Instant::now()
             }
-        }
-        let down_since = Instant::now();
-        if status.get() == RuleState::Running {
-            status.set(RuleState::Retrying);
-        }
-        status.set_error("Pub/Sub subscription lost; resubscribing".into());
-        warn!(channel = %sub.name, "Subscription lost; messages published until it is back are missed. Reconnecting.");
+        };
         let mut delay = FIRST_RECONNECT_DELAY;
-        pubsub = loop {
+        feed = loop {
             match sub.connect().await {
-                Ok(p) => break p,
+                Ok(f) => break f,
                 Err(e) => debug!(channel = %sub.name, error = %e, "Resubscribe failed."),
             }
             tokio::select! {
@@ -616,14 +706,27 @@ async fn read_loop(
             }
             delay = (delay * 2).min(MAX_RECONNECT_DELAY);
         };
-        RuleStats::add(&shared.stats.reconnects, 1);
-        if status.get() == RuleState::Retrying {
-            status.set(RuleState::Running);
-        }
-        info!(
-            channel = %sub.name,
-            down_ms = down_since.elapsed().as_millis() as u64,
-            "Resubscribed."
-        );
+        down_since = None;
+        resubscribed(&sub, &shared, &status, since);
     }
+}
+
+fn subscription_lost(sub: &Subscription, status: &RuleStatus) {
+    if status.get() == RuleState::Running {
+        status.set(RuleState::Retrying);
+    }
+    status.set_error("Pub/Sub subscription lost; resubscribing".into());
+    warn!(channel = %sub.name, "Subscription lost; messages published until it is back are missed. Reconnecting.");
+}
+
+fn resubscribed(sub: &Subscription, shared: &Shared, status: &RuleStatus, since: Instant) {
+    RuleStats::add(&shared.stats.reconnects, 1);
+    if status.get() == RuleState::Retrying {
+        status.set(RuleState::Running);
+    }
+    info!(
+        channel = %sub.name,
+        down_ms = since.elapsed().as_millis() as u64,
+        "Resubscribed."
+    );
 }

@@ -13,8 +13,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::redis_conn::Conn;
 use redis::Value;
-use redis::aio::ConnectionManager;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -45,7 +45,7 @@ enum Mode {
 
 /// A stream source.
 pub struct StreamSource {
-    conn: ConnectionManager,
+    conn: Conn,
     connection: Arc<ConnectionSpec>,
     /// The key as Redis holds it (prefixed).
     key: String,
@@ -68,7 +68,7 @@ pub struct StreamSource {
     next_sample: Instant,
     /// Second connection for XACK and XINFO: Redis runs one client's commands in order, so on
     /// the reading connection they would wait behind a blocked XREADGROUP.
-    ack_conn: ConnectionManager,
+    ack_conn: Conn,
     /// The next read, issued as soon as a batch was handed out (read-ahead), so that Redis
     /// answers it while the rule delivers the batch. Kept here until taken, so a dropped
     /// `recv` loses nothing.

@@ -27,6 +27,29 @@ pub fn fixture_dir() -> PathBuf {
 ///
 /// Jobs append to `job_log` when given.
 pub fn artisan(redis_port: u16, prefix: &str, job_log: Option<&Path>, args: &[&str]) -> Output {
+    artisan_with(&[], redis_port, prefix, job_log, args)
+}
+
+/// As [`artisan`], with the fixture's `default` Redis connection a Redis Cluster reached
+/// through `nodes` (ports on 127.0.0.1).
+pub fn artisan_cluster(nodes: &[u16], prefix: &str, job_log: Option<&Path>, args: &[&str]) -> Output {
+    let seeds: Vec<String> = nodes.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    artisan_with(
+        &[("REDIS_CLUSTER_NODES", seeds.join(","))],
+        nodes[0],
+        prefix,
+        job_log,
+        args,
+    )
+}
+
+fn artisan_with(
+    env: &[(&str, String)],
+    redis_port: u16,
+    prefix: &str,
+    job_log: Option<&Path>,
+    args: &[&str],
+) -> Output {
     let mut cmd = Command::new("timeout");
     cmd.args(["-k", "5", ARTISAN_TIMEOUT_SECS, "php", "artisan"])
         .args(args)
@@ -44,6 +67,7 @@ pub fn artisan(redis_port: u16, prefix: &str, job_log: Option<&Path>, args: &[&s
     if let Some(path) = job_log {
         cmd.env("JOB_LOG", path);
     }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd.output()
         .unwrap_or_else(|e| panic!("cannot run `php artisan` (run scripts/install-php.sh to install PHP): {e}"))
 }
