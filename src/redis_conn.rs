@@ -230,6 +230,33 @@ pub async fn manager(spec: &ConnectionSpec, extra: Duration) -> RedisResult<Conn
     ))
 }
 
+/// The process's one connection to `spec` for commands that never block: sink pipelines,
+/// XACK, dead letters, claims and leases. A hundred rules on one Redis then share one socket
+/// (redis-rs multiplexes their requests on it) instead of opening three or four each, which
+/// Redis pays for in clients and the router in memory (one connection task and its buffers
+/// each). Blocking reads (XREADGROUP BLOCK, BLMOVE) keep a connection of their own
+/// ([`manager`]): on a shared one they would hold up everyone's replies. A connection whose spec
+/// no rule uses any more after a reload stays open, idle, until the process exits.
+///
+/// # Errors
+/// When Redis cannot be reached now (the next caller tries again).
+pub async fn shared(spec: &ConnectionSpec) -> RedisResult<Conn> {
+    type Slot = std::sync::Arc<tokio::sync::OnceCell<Conn>>;
+    static POOL: std::sync::Mutex<Vec<(ConnectionSpec, Slot)>> = std::sync::Mutex::new(Vec::new());
+    let slot = {
+        let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+        match pool.iter().find(|(s, _)| s == spec) {
+            Some((_, slot)) => slot.clone(),
+            None => {
+                let slot = Slot::default();
+                pool.push((spec.clone(), slot.clone()));
+                slot
+            }
+        }
+    };
+    slot.get_or_try_init(|| manager(spec, Duration::ZERO)).await.cloned()
+}
+
 /// A cluster client over every seed node, with the connection's credentials, TLS files and
 /// timeouts; `push` receives Pub/Sub messages (RESP3) when given.
 fn cluster_client(

@@ -3,8 +3,6 @@
 //! Written on the rule's source connection (its prefix applies, like every key the rule
 //! touches). One XADD per dead letter, pipelined per batch.
 
-use std::time::Duration;
-
 use crate::redis_conn::Conn;
 use tracing::error;
 
@@ -45,7 +43,7 @@ impl DeadLetters {
     /// # Errors
     /// When Redis cannot be reached now.
     pub async fn open(connection: std::sync::Arc<ConnectionSpec>) -> redis::RedisResult<DeadLetters> {
-        let conn = redis_conn::manager(&connection, Duration::ZERO).await?;
+        let conn = redis_conn::shared(&connection).await?;
         Ok(DeadLetters {
             conn: Some((conn, connection)),
         })

@@ -106,7 +106,7 @@ impl Sink {
         if let SinkSpecKind::Webhook(w) = &spec.kind {
             return Ok(Sink::Webhook(WebhookSink::new(w, spec.kind.to_string())?));
         }
-        let conn = redis_conn::manager(&spec.connection, std::time::Duration::ZERO)
+        let conn = redis_conn::shared(&spec.connection)
             .await
             .map_err(|source| SinkError::Redis {
                 sink: spec.kind.to_string(),

@@ -458,10 +458,10 @@ impl PubSubSource {
             pattern,
             sharded,
         };
-        // `ha` keeps its claims and lease on a connection of its own: the subscription's
+        // `ha` writes its claims and lease on the shared connection: the subscription's
         // connection can only subscribe.
         let side_connection = || async {
-            redis_conn::manager(&spec.connection, Duration::ZERO)
+            redis_conn::shared(&spec.connection)
                 .await
                 .map_err(|source| SourceError::Redis {
                     op: "connect",

@@ -66,8 +66,9 @@ pub struct StreamSource {
     claim_cursor: String,
     /// When to sample the group's lag and pending count next.
     next_sample: Instant,
-    /// Second connection for XACK and XINFO: Redis runs one client's commands in order, so on
-    /// the reading connection they would wait behind a blocked XREADGROUP.
+    /// The shared connection ([`redis_conn::shared`]) for XACK and XINFO: Redis runs one
+    /// client's commands in order, so on the reading connection they would wait behind a
+    /// blocked XREADGROUP.
     ack_conn: Conn,
     /// The next read, issued as soon as a batch was handed out (read-ahead), so that Redis
     /// answers it while the rule delivers the batch. Kept here until taken, so a dropped
@@ -123,7 +124,7 @@ impl StreamSource {
                 key: stream.clone(),
                 source,
             })?;
-        let ack_conn = redis_conn::manager(&spec.connection, Duration::ZERO)
+        let ack_conn = redis_conn::shared(&spec.connection)
             .await
             .map_err(|source| SourceError::Redis {
                 op: "connect",
