@@ -24,6 +24,17 @@ use crate::message::{Body, Message, Meta, SourceKind};
 use crate::redis_conn;
 use crate::stats::RuleStats;
 
+/// A read issued ahead of time; see [`StreamSource::read_ahead`].
+type PendingRead = std::pin::Pin<Box<dyn std::future::Future<Output = redis::RedisResult<Value>> + Send>>;
+
+/// The next read, issued before it is needed.
+enum Ahead {
+    /// Sent; the reply is awaited when the rule asks for the next batch.
+    Sent(PendingRead),
+    /// Answered already when it was issued (an error, typically).
+    Answered(redis::RedisResult<Value>),
+}
+
 /// Where a group reader is.
 enum Phase {
     /// Replaying own pending entries after this id.
@@ -73,7 +84,7 @@ pub struct StreamSource {
     /// The next read, issued as soon as a batch was handed out (read-ahead), so that Redis
     /// answers it while the rule delivers the batch. Kept here until taken, so a dropped
     /// `recv` loses nothing.
-    ahead: Option<JoinHandle<redis::RedisResult<Value>>>,
+    ahead: Option<Ahead>,
     /// XACKs sent and not yet confirmed; each task gives back the ids it failed to acknowledge.
     acks: VecDeque<AckTask>,
     /// Ids whose XACK failed, sent again with the next acknowledgement.
@@ -487,11 +498,15 @@ impl StreamSource {
     async fn read_new(&mut self) -> Result<Vec<Message>, SourceError> {
         self.sample_group().await;
         let reply: redis::RedisResult<Value> = match self.ahead.as_mut() {
-            Some(handle) => {
-                let joined = handle.await;
+            Some(Ahead::Sent(read)) => {
+                let reply = read.await;
                 self.ahead = None;
-                joined.unwrap_or_else(|e| Err(redis::RedisError::from(std::io::Error::other(e.to_string()))))
+                reply
             }
+            Some(Ahead::Answered(_)) => match self.ahead.take() {
+                Some(Ahead::Answered(reply)) => reply,
+                _ => self.read_cmd().query_async(&mut self.conn).await,
+            },
             None => self.read_cmd().query_async(&mut self.conn).await,
         };
         let reply = match reply {
@@ -680,7 +695,15 @@ impl StreamSource {
         if reading_new && self.ahead.is_none() {
             let cmd = self.read_cmd();
             let mut conn = self.conn.clone();
-            self.ahead = Some(tokio::spawn(async move { cmd.query_async(&mut conn).await }));
+            let mut read: PendingRead = Box::pin(async move { cmd.query_async(&mut conn).await });
+            // One poll hands the command to the connection's task, which writes it at once; the
+            // reply is awaited by the next `recv`, directly (a spawned task would add a wake-up
+            // between the reply and the rule, which showed in the latency tail).
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            self.ahead = Some(match read.as_mut().poll(&mut cx) {
+                std::task::Poll::Ready(reply) => Ahead::Answered(reply),
+                std::task::Poll::Pending => Ahead::Sent(read),
+            });
         }
     }
 
@@ -711,9 +734,7 @@ impl StreamSource {
     /// pending and are delivered again at the next start) and drop the read-ahead, whose
     /// entries, if it took any, are pending for this consumer and replayed at the next start.
     pub async fn close(mut self) {
-        if let Some(handle) = self.ahead.take() {
-            handle.abort();
-        }
+        self.ahead = None;
         if let Err(e) = self.settle_acks().await {
             warn!(stream = %self.name, error = %e, "Could not acknowledge the last entries; they will be delivered again.");
         }
