@@ -1,8 +1,9 @@
 //! Redis Cluster: a real 3-master cluster that the test starts (`redis-server --cluster-enabled
 //! yes` on free ports, joined with `redis-cli --cluster create`), and one rule file routing
-//! stream, queue, channel and sharded-channel sources on it, with sinks whose keys fall on every
-//! node; and a Laravel job that reaches a cluster-mode queue (`hash_tag: true`, keys
-//! `queues:{to-b}`) and runs in a real `queue:work` connected to the cluster.
+//! stream, queue, channel (plain and `ha: claim`) and sharded-channel sources on it, with sinks
+//! whose keys fall on every node; a Laravel job that reaches a cluster-mode queue (`hash_tag:
+//! true`, keys `queues:{to-b}`) and runs in a real `queue:work` connected to the cluster; and a
+//! sharded subscription that comes back after the node serving its channel restarts.
 
 mod support;
 
@@ -39,6 +40,11 @@ rules:
     source: {{ channel: "c:chan", connection: cluster }}
     sinks:
       - stream: "c:from-chan"
+        connection: cluster
+  - name: claimed-to-stream
+    source: {{ channel: "c:claimed", ha: claim, connection: cluster }}
+    sinks:
+      - stream: "c:from-claimed"
         connection: cluster
   - name: sharded-to-stream
     source: {{ channel: "c:schan", sharded: true, connection: cluster }}
@@ -119,6 +125,7 @@ async fn stream_queue_and_channel_rules_route_on_a_cluster() {
     let daemon = spawn_daemon(&rules(&cluster), &cluster.nodes[0].url()).await;
     wait_cluster_subscribers(&cluster, "c:chan", false).await;
     wait_cluster_subscribers(&cluster, "c:schan", true).await;
+    wait_cluster_subscribers(&cluster, "c:claimed", false).await;
 
     // Streams: 2,000 entries, written 100 to a pipeline, fanned out by kind over three nodes.
     const ENTRIES: u64 = 2_000;
@@ -141,6 +148,7 @@ async fn stream_queue_and_channel_rules_route_on_a_cluster() {
         let payload = format!(r#"{{"n":{n}}}"#);
         let _: i64 = within(conn.publish("c:chan", &payload)).await.expect("PUBLISH");
         let _: i64 = within(conn.spublish("c:schan", &payload)).await.expect("SPUBLISH");
+        let _: i64 = within(conn.publish("c:claimed", &payload)).await.expect("PUBLISH");
     }
 
     let per_kind = ENTRIES / KINDS.len() as u64;
@@ -198,7 +206,8 @@ async fn stream_queue_and_channel_rules_route_on_a_cluster() {
     })
     .await;
 
-    for key in ["c:from-chan", "c:from-schan"] {
+    // `ha: claim` writes one claim key per message, on every node: its pipelines are split too.
+    for key in ["c:from-chan", "c:from-schan", "c:from-claimed"] {
         cluster_xlen(&conn, key, PUBLISHED as usize).await;
         let got: BTreeSet<u64> = numbers_in(&mut conn, key).await.into_iter().collect();
         assert_eq!(got, (0..PUBLISHED).collect(), "{key}: every message once");
@@ -314,5 +323,76 @@ rules:
     assert_eq!(ran, expected, "each job ran once, with the data sent");
     let left: usize = conn.llen(queue).await.unwrap();
     assert_eq!(left, 0);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_subscription_comes_back_after_its_node_restarts() {
+    let mut cluster = RedisCluster::start(3);
+    let conn = cluster.conn().await;
+    let yaml = format!(
+        r#"
+connections:
+  cluster: {{ cluster: true, nodes: {nodes} }}
+rules:
+  - name: sharded
+    source: {{ channel: "r:schan", sharded: true, connection: cluster }}
+    sinks:
+      - stream: "r:out"
+        connection: cluster
+"#,
+        nodes = cluster.nodes_yaml()
+    );
+    let owner = cluster.owner_of("r:schan");
+    assert_ne!(owner, cluster.owner_of("r:out"), "the sink's stream is on another node");
+    let daemon = spawn_daemon(&yaml, &cluster.nodes[0].url()).await;
+    wait_cluster_subscribers(&cluster, "r:schan", true).await;
+    let publish = |n: u64| {
+        let mut conn = conn.clone();
+        async move {
+            let receivers: redis::RedisResult<i64> = conn.spublish("r:schan", format!(r#"{{"n":{n}}}"#)).await;
+            receivers.unwrap_or(0)
+        }
+    };
+    for n in 0..10 {
+        publish(n).await;
+    }
+    cluster_xlen(&conn, "r:out", 10).await;
+
+    let node = cluster
+        .nodes
+        .iter_mut()
+        .find(|n| n.port == owner)
+        .expect("the channel's node");
+    node.restart();
+    cluster.wait_ready();
+    // Published until the subscription is back: those published while it was down are lost
+    // (Pub/Sub is at most once), then every one arrives.
+    let mut n = 100;
+    wait_for("the sharded subscription back", TIMEOUT, || {
+        n += 1;
+        let publish = publish(n);
+        async move { (publish.await >= 1).then_some(()) }
+    })
+    .await;
+    for n in 1000..1010 {
+        publish(n).await;
+    }
+    let mut conn = conn.clone();
+    wait_for("the messages published after the restart", TIMEOUT, || {
+        let mut conn = conn.clone();
+        async move {
+            let got: BTreeSet<u64> = numbers_in(&mut conn, "r:out").await.into_iter().collect();
+            (1000..1010).all(|n| got.contains(&n)).then_some(())
+        }
+    })
+    .await;
+    let got = numbers_in(&mut conn, "r:out").await;
+    assert_eq!(
+        got.iter().filter(|n| **n < 10).count(),
+        10,
+        "the messages before the restart, once"
+    );
+    assert!(daemon.counter("sharded", "reconnects") >= 1, "the gap was counted");
     daemon.stop().await;
 }

@@ -55,7 +55,7 @@ impl RedisCluster {
     }
 
     /// Wait until every node says the cluster is up and knows all its peers.
-    fn wait_ready(&self) {
+    pub fn wait_ready(&self) {
         let deadline = Instant::now() + TIMEOUT;
         for node in &self.nodes {
             loop {
