@@ -242,14 +242,33 @@ pub async fn manager(spec: &ConnectionSpec, extra: Duration) -> RedisResult<Conn
 /// When Redis cannot be reached now (the next caller tries again).
 pub async fn shared(spec: &ConnectionSpec) -> RedisResult<Conn> {
     type Slot = std::sync::Arc<tokio::sync::OnceCell<Conn>>;
-    static POOL: std::sync::Mutex<Vec<(ConnectionSpec, Slot)>> = std::sync::Mutex::new(Vec::new());
+    /// A pooled connection, with a token that lives as long as the runtime that opened it (a
+    /// connection's task dies with its runtime; the test harness runs one runtime per test).
+    struct Pooled {
+        spec: ConnectionSpec,
+        runtime: std::sync::Weak<()>,
+        slot: Slot,
+    }
+    static POOL: std::sync::Mutex<Vec<Pooled>> = std::sync::Mutex::new(Vec::new());
     let slot = {
         let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
-        match pool.iter().find(|(s, _)| s == spec) {
-            Some((_, slot)) => slot.clone(),
+        pool.retain(|p| p.runtime.strong_count() > 0);
+        match pool.iter().find(|p| p.spec == *spec) {
+            Some(p) => p.slot.clone(),
             None => {
+                let alive = std::sync::Arc::new(());
+                let runtime = std::sync::Arc::downgrade(&alive);
+                // Dropped, and `runtime` with it, when the runtime shuts down.
+                tokio::spawn(async move {
+                    let _alive = alive;
+                    std::future::pending::<()>().await;
+                });
                 let slot = Slot::default();
-                pool.push((spec.clone(), slot.clone()));
+                pool.push(Pooled {
+                    spec: spec.clone(),
+                    runtime,
+                    slot: slot.clone(),
+                });
                 slot
             }
         }
