@@ -387,3 +387,66 @@ pub fn is_transient(e: &redis::RedisError) -> bool {
             Some("LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "NOREPLICAS")
         )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster() -> ConnectionSpec {
+        ConnectionSpec {
+            cluster: true,
+            ..ConnectionSpec::default()
+        }
+    }
+
+    #[test]
+    fn hash_tags_follow_redis_cluster_rules() {
+        assert_eq!(hash_tag("queues:{to-b}"), Some("to-b"));
+        assert_eq!(hash_tag("{a}{b}"), Some("a"));
+        assert_eq!(hash_tag("a{}b{c}"), None, "an empty first tag means the whole key");
+        assert_eq!(hash_tag("plain"), None);
+        assert_eq!(hash_tag("a}b{"), None);
+    }
+
+    #[test]
+    fn companions_share_the_slot_of_their_key_on_a_cluster() {
+        for key in ["jobs", "app_jobs:in", "laravel_database_queues:{to-b}", "x{y}z"] {
+            let c = companion(&cluster(), key, ":processing:host-1");
+            assert_eq!(Slot::for_key(&c), Slot::for_key(key), "{key} and {c}");
+        }
+        assert_eq!(companion(&cluster(), "jobs", ":consumers"), "{jobs}:consumers");
+        assert_eq!(companion(&cluster(), "queues:{q}", ":notify"), "queues:{q}:notify");
+        assert_eq!(
+            companion(&ConnectionSpec::default(), "jobs", ":consumers"),
+            "jobs:consumers"
+        );
+    }
+
+    #[test]
+    fn commands_are_routed_by_their_key() {
+        let key = |cmd: &Cmd| command_key(cmd).map(|k| String::from_utf8_lossy(k).into_owned());
+        let mut eval = redis::cmd("EVAL");
+        eval.arg("return 1").arg(2).arg("k1").arg("k2").arg("v");
+        assert_eq!(key(&eval).as_deref(), Some("k1"));
+        let mut keyless = redis::cmd("EVAL");
+        keyless.arg("return 1").arg(0);
+        assert_eq!(key(&keyless), None);
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg("g")
+            .arg("c")
+            .arg("COUNT")
+            .arg(10)
+            .arg("STREAMS")
+            .arg("s")
+            .arg(">");
+        assert_eq!(key(&read).as_deref(), Some("s"));
+        let mut info = redis::cmd("XINFO");
+        info.arg("GROUPS").arg("s");
+        assert_eq!(key(&info).as_deref(), Some("s"));
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg("out").arg("*").arg("f").arg("v");
+        assert_eq!(key(&xadd).as_deref(), Some("out"));
+        assert_eq!(key(&redis::cmd("PING")), None);
+    }
+}
