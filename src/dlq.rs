@@ -10,12 +10,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::redis_conn::Conn;
 use redis::Value;
 
 use crate::config::{ConnectionSpec, RuleSet, RuleSpec};
 use crate::message::{Body, Message, Meta, SourceKind};
-use crate::redis_conn;
+use crate::redis_conn::{self, Conn};
 use crate::sink::Sink;
 
 /// Entries read per XRANGE call.

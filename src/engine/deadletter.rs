@@ -3,13 +3,12 @@
 //! Written on the rule's source connection (its prefix applies, like every key the rule
 //! touches). One XADD per dead letter, pipelined per batch.
 
-use crate::redis_conn::Conn;
 use tracing::error;
 
 use crate::config::ConnectionSpec;
 use crate::filter::now_rfc3339;
 use crate::message::Message;
-use crate::redis_conn;
+use crate::redis_conn::{self, Conn};
 
 /// Longest payload copied into a dead letter; longer ones are cut and marked, so that one
 /// huge message cannot blow up the dead-letter stream.

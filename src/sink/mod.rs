@@ -14,13 +14,12 @@ use std::time::Duration;
 
 pub use webhook::WebhookSink;
 
-use crate::redis_conn::Conn;
 use redis::{Cmd, Value};
 
 use crate::config::{SinkSpec, SinkSpecKind};
 use crate::filter::EvalError;
 use crate::message::Message;
-use crate::redis_conn;
+use crate::redis_conn::{self, Conn};
 
 /// Why a sink did not take a message.
 #[derive(Debug, thiserror::Error)]

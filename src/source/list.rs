@@ -16,14 +16,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::redis_conn::Conn;
 use redis::Value;
 use tracing::info;
 
 use super::{SourceError, bulk};
 use crate::config::{ConnectionSpec, QueueFormat, SourceSpec, SourceSpecKind};
 use crate::message::{Body, Message, Meta, SourceKind};
-use crate::redis_conn;
+use crate::redis_conn::{self, Conn};
 use crate::source::stream::default_consumer;
 use crate::stats::RuleStats;
 

@@ -13,7 +13,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::redis_conn::Conn;
 use redis::Value;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -21,7 +20,7 @@ use tracing::{debug, info, warn};
 use super::{SourceError, bulk};
 use crate::config::{ConnectionSpec, SourceSpec, SourceSpecKind};
 use crate::message::{Body, Message, Meta, SourceKind};
-use crate::redis_conn;
+use crate::redis_conn::{self, Conn};
 use crate::stats::RuleStats;
 
 /// A read issued ahead of time; see [`StreamSource::read_ahead`].
