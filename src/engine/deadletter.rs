@@ -1,7 +1,8 @@
 //! The dead-letter stream: where a message goes when it cannot be delivered, with why.
 //!
-//! Written on the rule's source connection (its prefix applies, like every key the rule
-//! touches). One XADD per dead letter, pipelined per batch.
+//! Written to the Redis of the rule's source (its prefix applies, like every key the rule
+//! touches), through that connection's shared socket ([`redis_conn::shared`]). One XADD per
+//! dead letter, pipelined per batch.
 
 use tracing::error;
 
