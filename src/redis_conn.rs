@@ -92,7 +92,7 @@ pub(crate) fn install_crypto_provider() {
 /// A connection to one server or to a Redis Cluster. Commands and pipelines go through either
 /// the same way (it is a [`redis::aio::ConnectionLike`]); on a cluster each key goes to the node
 /// that owns its slot, and a pipeline whose keys span several slots is split per slot (see
-/// [`cluster_pipeline`]). Cloning shares the underlying connection.
+/// `cluster_pipeline`). Cloning shares the underlying connection.
 #[derive(Clone)]
 pub enum Conn {
     /// One server, reconnecting in the background.
