@@ -377,7 +377,20 @@ fn push_php_json(value: &Value, unescaped_unicode: bool, out: &mut String) {
 /// `JSON_UNESCAPED_LINE_TERMINATORS`.
 fn push_php_json_string(s: &str, unescaped_unicode: bool, out: &mut String) {
     out.push('"');
-    for c in s.chars() {
+    // Runs of characters that need no escaping are copied whole: a job's serialized command is
+    // mostly such runs, and this is the hot path of the Laravel sink.
+    let mut run = 0;
+    for (i, c) in s.char_indices() {
+        let plain = match c {
+            '"' | '\\' | '/' => false,
+            c if u32::from(c) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => false,
+            c => c.is_ascii() || unescaped_unicode,
+        };
+        if plain {
+            continue;
+        }
+        out.push_str(&s[run..i]);
+        run = i + c.len_utf8();
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
@@ -387,19 +400,25 @@ fn push_php_json_string(s: &str, unescaped_unicode: bool, out: &mut String) {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c if c.is_ascii() || unescaped_unicode => out.push(c),
             c => {
                 let mut units = [0u16; 2];
                 for unit in c.encode_utf16(&mut units) {
-                    let _ = write!(out, "\\u{unit:04x}");
+                    push_unicode_escape(*unit, out);
                 }
             }
         }
     }
+    out.push_str(&s[run..]);
     out.push('"');
+}
+
+/// `\uXXXX`, lowercase hex as PHP writes it.
+fn push_unicode_escape(unit: u16, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push_str("\\u");
+    for shift in [12, 8, 4, 0] {
+        out.push(char::from(HEX[usize::from((unit >> shift) & 0xf)]));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
