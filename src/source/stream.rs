@@ -26,14 +26,6 @@ use crate::stats::RuleStats;
 /// A read issued ahead of time; see [`StreamSource::read_ahead`].
 type PendingRead = std::pin::Pin<Box<dyn std::future::Future<Output = redis::RedisResult<Value>> + Send>>;
 
-/// The next read, issued before it is needed.
-enum Ahead {
-    /// Sent; the reply is awaited when the rule asks for the next batch.
-    Sent(PendingRead),
-    /// Answered already when it was issued (an error, typically).
-    Answered(redis::RedisResult<Value>),
-}
-
 /// Where a group reader is.
 enum Phase {
     /// Replaying own pending entries after this id.
@@ -83,7 +75,7 @@ pub struct StreamSource {
     /// The next read, issued as soon as a batch was handed out (read-ahead), so that Redis
     /// answers it while the rule delivers the batch. Kept here until taken, so a dropped
     /// `recv` loses nothing.
-    ahead: Option<Ahead>,
+    ahead: Option<PendingRead>,
     /// XACKs sent and not yet confirmed; each task gives back the ids it failed to acknowledge.
     acks: VecDeque<AckTask>,
     /// Ids whose XACK failed, sent again with the next acknowledgement.
@@ -127,20 +119,15 @@ impl StreamSource {
             });
         };
         let key = redis_conn::prefixed(&spec.connection, stream);
+        let connect_err = |source| SourceError::Redis {
+            op: "connect",
+            key: stream.clone(),
+            source,
+        };
         let conn = redis_conn::manager(&spec.connection, *block)
             .await
-            .map_err(|source| SourceError::Redis {
-                op: "connect",
-                key: stream.clone(),
-                source,
-            })?;
-        let ack_conn = redis_conn::shared(&spec.connection)
-            .await
-            .map_err(|source| SourceError::Redis {
-                op: "connect",
-                key: stream.clone(),
-                source,
-            })?;
+            .map_err(connect_err)?;
+        let ack_conn = redis_conn::shared(&spec.connection).await.map_err(connect_err)?;
         let mode = match group {
             Some(group) => Mode::Group {
                 group: group.clone(),
@@ -497,15 +484,11 @@ impl StreamSource {
     async fn read_new(&mut self) -> Result<Vec<Message>, SourceError> {
         self.sample_group().await;
         let reply: redis::RedisResult<Value> = match self.ahead.as_mut() {
-            Some(Ahead::Sent(read)) => {
+            Some(read) => {
                 let reply = read.await;
                 self.ahead = None;
                 reply
             }
-            Some(Ahead::Answered(_)) => match self.ahead.take() {
-                Some(Ahead::Answered(reply)) => reply,
-                _ => self.read_cmd().query_async(&mut self.conn).await,
-            },
             None => self.read_cmd().query_async(&mut self.conn).await,
         };
         let reply = match reply {
@@ -707,10 +690,11 @@ impl StreamSource {
             // reply is awaited by the next `recv`, directly (a spawned task would add a wake-up
             // between the reply and the rule, which showed in the latency tail).
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            self.ahead = Some(match read.as_mut().poll(&mut cx) {
-                std::task::Poll::Ready(reply) => Ahead::Answered(reply),
-                std::task::Poll::Pending => Ahead::Sent(read),
-            });
+            if let std::task::Poll::Ready(reply) = read.as_mut().poll(&mut cx) {
+                // Answered at once (an error, typically): keep the answer, not the spent future.
+                read = Box::pin(std::future::ready(reply));
+            }
+            self.ahead = Some(read);
         }
     }
 
