@@ -180,21 +180,17 @@ impl RedisServer {
         if let Some(mut child) = self.child.take() {
             let _ = child.wait();
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.spawn() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not restart on port {}; log:\n{}",
-                self.port,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.respawn();
     }
 
     /// Start again on the same port.
     pub fn restart(&mut self) {
         self.stop();
+        self.respawn();
+    }
+
+    /// Spawn again on the same port, retrying for 10 s while the old process releases it.
+    fn respawn(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.spawn() {
             assert!(
