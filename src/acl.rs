@@ -242,13 +242,7 @@ pub fn grants(set: &RuleSet) -> Vec<ServerGrants> {
                 } => {
                     let g = entry(&mut out, c);
                     let q = glob(&ConnectionSpec::default(), queue);
-                    let tagged = l.hash_tag && redis_conn::hash_tag(queue.source()).is_none();
-                    let name = if tagged {
-                        format!("queues:{{{q}}}")
-                    } else {
-                        format!("queues:{q}")
-                    };
-                    let base = format!("{}{name}", escape(&c.prefix));
+                    let base = format!("{}{}", escape(&c.prefix), crate::laravel::queue_key(&q, l.hash_tag));
                     if l.delay.is_some() {
                         g.keys.insert(format!("{base}:delayed"));
                         g.command(&["zadd"]);

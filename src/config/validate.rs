@@ -221,7 +221,8 @@ fn connections(cx: &mut Ctx<'_>, raw: &RawFile) -> Connections {
             );
             continue;
         }
-        let mut urls = Vec::with_capacity(seeds.len());
+        let given = seeds.len();
+        let mut urls = Vec::with_capacity(given);
         for seed in seeds {
             let Some(text) = cx.text(seed) else { continue };
             match redis::Client::open(text.as_str()) {
@@ -243,7 +244,7 @@ fn connections(cx: &mut Ctx<'_>, raw: &RawFile) -> Connections {
                 Ok(_) => urls.push(text),
             }
         }
-        if urls.is_empty() || urls.len() < url.iter().count() + nodes.as_ref().map_or(0, |n| n.value.len()) {
+        if urls.len() < given {
             continue;
         }
         let url_text = urls[0].clone();
