@@ -62,21 +62,27 @@ rules:
 /// Subscribers of `channel` summed over every node (`PUBSUB NUMSUB`, or `SHARDNUMSUB` for a
 /// sharded channel), which each answer only for their own clients.
 async fn wait_cluster_subscribers(cluster: &RedisCluster, channel: &str, sharded: bool) {
-    wait_for(&format!("a subscriber of {channel}"), TIMEOUT, || async {
-        let mut total = 0;
-        for node in &cluster.nodes {
-            let mut conn = node.conn().await;
-            let reply: Vec<redis::Value> = redis::cmd("PUBSUB")
-                .arg(if sharded { "SHARDNUMSUB" } else { "NUMSUB" })
-                .arg(channel)
-                .query_async(&mut conn)
-                .await
-                .ok()?;
-            if let Some(redis::Value::Int(n)) = reply.get(1) {
-                total += n;
+    let mut conns = Vec::new();
+    for node in &cluster.nodes {
+        conns.push(node.conn().await);
+    }
+    wait_for(&format!("a subscriber of {channel}"), TIMEOUT, || {
+        let mut conns = conns.clone();
+        async move {
+            let mut total = 0;
+            for conn in &mut conns {
+                let reply: Vec<redis::Value> = redis::cmd("PUBSUB")
+                    .arg(if sharded { "SHARDNUMSUB" } else { "NUMSUB" })
+                    .arg(channel)
+                    .query_async(conn)
+                    .await
+                    .ok()?;
+                if let Some(redis::Value::Int(n)) = reply.get(1) {
+                    total += n;
+                }
             }
+            (total >= 1).then_some(())
         }
-        (total >= 1).then_some(())
     })
     .await
 }
