@@ -374,18 +374,37 @@ pub fn unprefixed<'a>(spec: &ConnectionSpec, key: &'a str) -> &'a str {
     key.strip_prefix(spec.prefix.as_str()).unwrap_or(key)
 }
 
-/// Whether an error means "try again later" (connection lost, timeout, loading, failover)
-/// rather than "this command will never work" (WRONGTYPE, syntax).
+/// Error codes of states a real deployment leaves again on its own or by an operator's hand,
+/// so that a command refused now works later:
+/// - `OOM`: `maxmemory` reached with `noeviction` (keys expire, consumers drain, ops raise it);
+/// - `BUSY`: a script or function runs too long; `LOADING`: the dataset is loading at start;
+/// - `MASTERDOWN`, `READONLY`: a replica lost its master, or a failover demoted the node we
+///   write to; `NOREPLICAS`: `min-replicas-to-write` not met;
+/// - `TRYAGAIN`, `CLUSTERDOWN`: a cluster resharding or without a quorum;
+/// - `MISCONF`: writes stopped because the last RDB save failed (a disk to free).
+const TRANSIENT_CODES: [&str; 9] = [
+    "OOM",
+    "BUSY",
+    "LOADING",
+    "MASTERDOWN",
+    "READONLY",
+    "NOREPLICAS",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MISCONF",
+];
+
+/// Whether an error means "try again later" (connection lost, timeout, a full or loading or
+/// failing-over server, see [`TRANSIENT_CODES`]) rather than "this command will never work"
+/// (WRONGTYPE, syntax, NOPERM). A script's error carries the code of the command that failed
+/// inside it (`OOM … script: …`), so the Laravel push is classified as its RPUSH would be.
 pub fn is_transient(e: &redis::RedisError) -> bool {
     e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_unrecoverable_error()
-        || matches!(
-            e.code(),
-            Some("LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "NOREPLICAS")
-        )
+        || e.code().is_some_and(|code| TRANSIENT_CODES.contains(&code))
 }
 
 #[cfg(test)]
@@ -420,6 +439,39 @@ mod tests {
             companion(&ConnectionSpec::default(), "jobs", ":consumers"),
             "jobs:consumers"
         );
+    }
+
+    #[test]
+    fn server_states_that_pass_are_transient_and_refusals_are_not() {
+        // Parsed as Redis sends them, so that `code()` is what the router sees in production.
+        let parse = |line: &str| -> redis::RedisError {
+            let reply = format!("-{line}\r\n");
+            match redis::parse_redis_value(reply.as_bytes()) {
+                Ok(redis::Value::ServerError(e)) => e.into(),
+                other => panic!("{line}: {other:?}"),
+            }
+        };
+        for line in [
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "BUSY Redis is busy running a script.",
+            "LOADING Redis is loading the dataset in memory",
+            "MASTERDOWN Link with MASTER is down",
+            "READONLY You can't write against a read only replica.",
+            "NOREPLICAS Not enough good replicas to write.",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "CLUSTERDOWN The cluster is down",
+            "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.",
+        ] {
+            assert!(is_transient(&parse(line)), "{line} is transient");
+        }
+        for line in [
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+            "ERR syntax error",
+            "NOPERM this user has no permissions to run the 'xadd' command",
+            "NOSCRIPT No matching script.",
+        ] {
+            assert!(!is_transient(&parse(line)), "{line} is permanent");
+        }
     }
 
     #[test]
