@@ -221,9 +221,14 @@ impl RuleStatus {
         RuleState::from_u8(self.state.load(Ordering::Acquire))
     }
 
-    /// Remember the latest error, for status output.
+    /// Remember the latest error, for status output (until [`RuleStatus::clear_error`]).
     pub fn set_error(&self, error: String) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+    }
+
+    /// The rule is healthy again: forget the error, so that status shows none that is stale.
+    pub fn clear_error(&self) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// The latest error, if any.

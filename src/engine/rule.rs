@@ -53,8 +53,14 @@ async fn sleep_or_cancel(token: &CancellationToken, d: Duration) -> bool {
     }
 }
 
-/// Retry `f` with capped backoff until it succeeds or the token is cancelled (`None`).
-async fn until_ok<T, E: std::fmt::Display, F, Fut>(token: &CancellationToken, what: &str, mut f: F) -> Option<T>
+/// Retry `f` with capped backoff until it succeeds or the token is cancelled (`None`); each
+/// failure is the rule's `last_error` meanwhile.
+async fn until_ok<T, E: std::fmt::Display + Sync, F, Fut>(
+    token: &CancellationToken,
+    status: &RuleStatus,
+    what: &str,
+    mut f: F,
+) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
@@ -72,7 +78,7 @@ where
                 return Some(v);
             }
             Err(e) => {
-                if !retry.wait(token, &format!("Cannot open {what}"), &e.to_string()).await {
+                if !retry.wait(token, status, &format!("Cannot open {what}"), &e).await {
                     return None;
                 }
             }
@@ -88,12 +94,19 @@ struct Retry {
 }
 
 impl Retry {
-    /// Log `failed` (`Cannot open source`) and wait before the next try; false when cancelled
-    /// meanwhile.
-    async fn wait(&mut self, token: &CancellationToken, failed: &str, e: &(dyn std::fmt::Display + Sync)) -> bool {
+    /// Log `failed` (`Cannot open source`), make it the rule's `last_error`, and wait before
+    /// the next try; false when cancelled meanwhile.
+    async fn wait(
+        &mut self,
+        token: &CancellationToken,
+        status: &RuleStatus,
+        failed: &str,
+        e: &(dyn std::fmt::Display + Sync),
+    ) -> bool {
         self.attempt += 1;
         let delay = backoff_delay(FIRST_RECONNECT_DELAY, MAX_RECONNECT_DELAY, self.attempt);
         warn!(error = %e, attempt = self.attempt, delay_ms = delay.as_millis() as u64, "{failed}; retrying.");
+        status.set_error(format!("{failed}: {e}"));
         sleep_or_cancel(token, delay).await
     }
 }
@@ -150,7 +163,7 @@ async fn run_rule_inner(
     dry_run: bool,
 ) -> RuleExit {
     let rule: Arc<str> = Arc::from(spec.name.as_str());
-    let Some(mut source) = until_ok(&token, "source", || {
+    let Some(mut source) = until_ok(&token, &status, "source", || {
         Source::open(&spec.source, &rule, stats.clone(), status.clone())
     })
     .await
@@ -163,7 +176,7 @@ async fn run_rule_inner(
             sinks.push(Sink::dry_run(&spec.name, sink_spec));
             continue;
         }
-        let Some(sink) = until_ok(&token, "sink", || Sink::open(sink_spec)).await else {
+        let Some(sink) = until_ok(&token, &status, "sink", || Sink::open(sink_spec)).await else {
             source.close().await;
             return RuleExit::Cancelled;
         };
@@ -172,7 +185,7 @@ async fn run_rule_inner(
     let dead = if dry_run {
         DeadLetters::printing()
     } else {
-        let Some(dead) = until_ok(&token, "dead-letter stream", || {
+        let Some(dead) = until_ok(&token, &status, "dead-letter stream", || {
             DeadLetters::open(spec.source.connection.clone())
         })
         .await
@@ -192,6 +205,7 @@ async fn run_rule_inner(
         status: status.clone(),
         token: token.clone(),
     };
+    status.clear_error();
     status.set(RuleState::Running);
     info!(summary = %spec.summary(), "Rule started.");
     let mut read_retry = Retry::default();
@@ -205,6 +219,7 @@ async fn run_rule_inner(
             Ok(None) => break RuleExit::SourceClosed,
             Ok(Some(batch)) => {
                 if read_retry.attempt > 0 {
+                    status.clear_error();
                     status.set(RuleState::Running);
                 }
                 read_retry = Retry::default();
@@ -218,8 +233,7 @@ async fn run_rule_inner(
             Err(e) => {
                 RuleStats::add(&rule_loop.stats.source_errors, 1);
                 status.set(RuleState::Retrying);
-                status.set_error(e.to_string());
-                if !read_retry.wait(&token, "Source read failed", &e).await {
+                if !read_retry.wait(&token, &status, "Source read failed", &e).await {
                     break RuleExit::Cancelled;
                 }
             }
@@ -329,6 +343,8 @@ impl RuleLoop {
             passing.iter().map(|&i| &batch[i]).collect()
         };
         let mut failed_any = vec![false; outgoing.len()];
+        // The last error of a sink that gave up on a message, for `last_error`.
+        let mut sink_error: Option<String> = None;
         let mut taken = vec![false; outgoing.len()];
         if !outgoing.is_empty() {
             // Which messages each sink takes: all of them, or those passing its own filter.
@@ -385,10 +401,12 @@ impl RuleLoop {
                             let j = per_sink[s][local];
                             failed_any[j] = true;
                             let reason = sink_failure_reason(err.is_retryable(), attempts);
+                            let error = err.to_string();
+                            sink_error = Some(error.clone());
                             dead.push(Doomed {
                                 index: passing[j],
                                 reason,
-                                error: Some(err.to_string()),
+                                error: Some(error),
                                 sink: Some(s),
                                 attempts,
                             });
@@ -430,7 +448,10 @@ impl RuleLoop {
                 .collect();
             let mut retry = Retry::default();
             while let Err(e) = self.dead.write(&letters).await {
-                if !retry.wait(&self.token, "Writing dead letters failed", &e).await {
+                if !retry
+                    .wait(&self.token, &self.status, "Writing dead letters failed", &e)
+                    .await
+                {
                     return false;
                 }
             }
@@ -449,9 +470,18 @@ impl RuleLoop {
         }
         let mut retry = Retry::default();
         while let Err(e) = source.ack(&batch).await {
-            if !retry.wait(&self.token, "Acknowledging the batch failed", &e).await {
+            if !retry
+                .wait(&self.token, &self.status, "Acknowledging the batch failed", &e)
+                .await
+            {
                 return false;
             }
+        }
+        // `last_error` says what is wrong now: a sink that gave up on a message in this batch,
+        // or nothing once a batch went through (retries that ended in success included).
+        match sink_error {
+            Some(e) => self.status.set_error(e),
+            None => self.status.clear_error(),
         }
         true
     }
