@@ -14,10 +14,11 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use redis::Value;
-use tracing::info;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{Instrument, info, warn};
 
 use super::{SourceError, bulk};
 use crate::config::{ConnectionSpec, QueueFormat, SourceSpec, SourceSpecKind};
@@ -60,14 +61,28 @@ pub struct ListSource {
     block: Duration,
     /// Elements a previous run left in the processing list, delivered first.
     recovered: VecDeque<Vec<u8>>,
+    rule: Arc<str>,
+    stats: Arc<RuleStats>,
+    /// Refreshes this consumer's heartbeat and recovers dead consumers' elements, on its own
+    /// timer for as long as the source lives (see [`Heartbeat`]); aborted when it is dropped.
+    _heartbeat: AbortOnDropHandle<()>,
+}
+
+/// This consumer's liveness, kept apart from its work: a consumer whose sink takes longer than
+/// the heartbeat's TTL is still alive, and must not see its processing list given away (the
+/// others would deliver its jobs a second time). So the heartbeat runs on a task of its own,
+/// on the shared connection (the reading one blocks in BLMOVE), every [`HEARTBEAT_EVERY`].
+struct Heartbeat {
+    conn: Conn,
+    connection: Arc<ConnectionSpec>,
+    /// The list as Redis holds it.
+    key: String,
+    /// The list as the rule names it, for logs.
+    name: String,
     /// This consumer's name.
     consumer: String,
     /// The set of consumers of this queue, for finding dead ones.
     consumers_key: String,
-    /// When to refresh the heartbeat next.
-    next_heartbeat: Instant,
-    rule: Arc<str>,
-    stats: Arc<RuleStats>,
 }
 
 impl ListSource {
@@ -116,72 +131,40 @@ impl ListSource {
         if !left.is_empty() {
             info!(queue = %name, count = left.len(), "Recovering elements a previous run left in its processing list.");
         }
-        let mut source = ListSource {
-            conn,
+        let shared = redis_conn::shared(&spec.connection)
+            .await
+            .map_err(|source| SourceError::Redis {
+                op: "connect",
+                key: name.clone(),
+                source,
+            })?;
+        let mut heartbeat = Heartbeat {
+            conn: shared,
             connection: spec.connection.clone(),
             consumers_key: redis_conn::companion(&spec.connection, &key, ":consumers"),
+            key: key.clone(),
+            name: name.clone(),
+            consumer,
+        };
+        // The first beat before reading: a consumer that reads is always listed and alive.
+        heartbeat.beat().await?;
+        Ok(ListSource {
+            conn,
+            connection: spec.connection.clone(),
             key,
             processing,
             name,
             format: *format,
             block: *block,
             recovered: left.into(),
-            consumer,
-            next_heartbeat: Instant::now(),
             rule,
             stats,
-        };
-        source.heartbeat().await?;
-        Ok(source)
-    }
-
-    fn heartbeat_key(&self, consumer: &str) -> String {
-        redis_conn::companion(&self.connection, &self.key, &format!(":heartbeat:{consumer}"))
-    }
-
-    /// Refresh this consumer's heartbeat, and give the elements of consumers whose heartbeat
-    /// has expired (a router that crashed and does not come back) back to the queue.
-    async fn heartbeat(&mut self) -> Result<(), SourceError> {
-        self.next_heartbeat = Instant::now() + HEARTBEAT_EVERY;
-        let (_, _, members): ((), (), Vec<String>) = redis::pipe()
-            .cmd("SET")
-            .arg(self.heartbeat_key(&self.consumer))
-            .arg(1)
-            .arg("PX")
-            .arg(HEARTBEAT_TTL.as_millis() as u64)
-            .cmd("SADD")
-            .arg(&self.consumers_key)
-            .arg(&self.consumer)
-            .cmd("SMEMBERS")
-            .arg(&self.consumers_key)
-            .query_async(&mut self.conn)
-            .await
-            .map_err(self.err("heartbeat"))?;
-        for other in members.into_iter().filter(|c| *c != self.consumer) {
-            let moved: i64 = redis::cmd("EVAL")
-                .arg(RECOVER)
-                .arg(4)
-                .arg(processing_key(&self.connection, &self.key, &other))
-                .arg(&self.key)
-                .arg(&self.consumers_key)
-                .arg(self.heartbeat_key(&other))
-                .arg(&other)
-                .query_async(&mut self.conn)
-                .await
-                .map_err(self.err("recover"))?;
-            if moved > 0 {
-                info!(queue = %self.name, consumer = %other, count = moved, "Gave a dead consumer's elements back to the queue.");
-            }
-        }
-        Ok(())
+            _heartbeat: AbortOnDropHandle::new(tokio::spawn(heartbeat.run().in_current_span())),
+        })
     }
 
     fn err(&self, op: &'static str) -> impl FnOnce(redis::RedisError) -> SourceError + '_ {
-        move |source| SourceError::Redis {
-            op,
-            key: self.name.clone(),
-            source,
-        }
+        SourceError::redis(op, &self.name)
     }
 
     /// The next batch, possibly empty when the blocking move timed out.
@@ -189,9 +172,6 @@ impl ListSource {
     /// # Cancel safety
     /// Cancel safe: a moved element is in the processing list, delivered at the next start.
     pub async fn recv(&mut self) -> Result<Vec<Message>, SourceError> {
-        if Instant::now() >= self.next_heartbeat {
-            self.heartbeat().await?;
-        }
         let mut elements: Vec<Vec<u8>> = Vec::new();
         if !self.recovered.is_empty() {
             let n = self.recovered.len().min(BATCH);
@@ -260,6 +240,67 @@ impl ListSource {
         }
         let _: () = pipe.query_async(&mut self.conn).await.map_err(self.err("LREM"))?;
         Ok(())
+    }
+}
+
+impl Heartbeat {
+    fn heartbeat_key(&self, consumer: &str) -> String {
+        redis_conn::companion(&self.connection, &self.key, &format!(":heartbeat:{consumer}"))
+    }
+
+    /// Beat every [`HEARTBEAT_EVERY`] until aborted; a failed beat is logged and tried again
+    /// at the next tick (the TTL allows several to fail before anyone takes this consumer for
+    /// dead).
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.beat().await {
+                warn!(queue = %self.name, error = %e, "Heartbeat failed; trying again.");
+            }
+        }
+    }
+
+    /// Refresh this consumer's heartbeat, and give the elements of consumers whose heartbeat
+    /// has expired (a router that crashed and does not come back) back to the queue.
+    async fn beat(&mut self) -> Result<(), SourceError> {
+        let (_, _, members): ((), (), Vec<String>) = redis::pipe()
+            .cmd("SET")
+            .arg(self.heartbeat_key(&self.consumer))
+            .arg(1)
+            .arg("PX")
+            .arg(HEARTBEAT_TTL.as_millis() as u64)
+            .cmd("SADD")
+            .arg(&self.consumers_key)
+            .arg(&self.consumer)
+            .cmd("SMEMBERS")
+            .arg(&self.consumers_key)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.err("heartbeat"))?;
+        for other in members.into_iter().filter(|c| *c != self.consumer) {
+            let moved: i64 = redis::cmd("EVAL")
+                .arg(RECOVER)
+                .arg(4)
+                .arg(processing_key(&self.connection, &self.key, &other))
+                .arg(&self.key)
+                .arg(&self.consumers_key)
+                .arg(self.heartbeat_key(&other))
+                .arg(&other)
+                .query_async(&mut self.conn)
+                .await
+                .map_err(self.err("recover"))?;
+            if moved > 0 {
+                info!(queue = %self.name, consumer = %other, count = moved, "Gave a dead consumer's elements back to the queue.");
+            }
+        }
+        Ok(())
+    }
+
+    fn err(&self, op: &'static str) -> impl FnOnce(redis::RedisError) -> SourceError + '_ {
+        SourceError::redis(op, &self.name)
     }
 }
 

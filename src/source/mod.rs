@@ -46,6 +46,15 @@ pub enum SourceError {
 }
 
 impl SourceError {
+    /// For `map_err`: `op` on `key` failed in Redis.
+    pub(crate) fn redis<'a>(op: &'static str, key: &'a str) -> impl FnOnce(redis::RedisError) -> SourceError + 'a {
+        move |source| SourceError::Redis {
+            op,
+            key: key.to_string(),
+            source,
+        }
+    }
+
     /// Whether trying again later may work (always true for a source: Redis may come back, a
     /// group may be re-created). Kept as a method so the loop reads by meaning.
     pub fn is_retryable(&self) -> bool {

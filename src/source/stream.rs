@@ -15,7 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use redis::Value;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{Instrument, debug, info, warn};
 
 use super::{SourceError, bulk};
 use crate::config::{ConnectionSpec, SourceSpec, SourceSpecKind};
@@ -80,10 +81,85 @@ pub struct StreamSource {
     acks: VecDeque<AckTask>,
     /// Ids whose XACK failed, sent again with the next acknowledgement.
     unacked: Vec<String>,
+    /// Group mode: keeps this consumer's pending entries fresh (see [`Hold`]) for as long as the
+    /// source lives; aborted when it is dropped.
+    _hold: Option<AbortOnDropHandle<()>>,
+}
+
+/// A group consumer's hold on its pending entries, kept apart from its work.
+///
+/// Other consumers take over entries idle longer than `claim_idle` (XAUTOCLAIM): that is how a
+/// dead consumer's batch is recovered. But a living consumer whose sinks are slow (a webhook
+/// taking longer than `claim_idle`, retries against an endpoint that is down) also leaves its
+/// entries idle, and so does the batch it read ahead: taken over, they would be delivered twice.
+/// So, on a task of its own, every third of `claim_idle`, the consumer resets the idle time of
+/// its own pending entries with `XCLAIM … JUSTID` (which does not count a delivery). Only
+/// entries idle for half a period are touched, and XCLAIM checks that idle time again, so an
+/// entry another consumer has just taken (idle 0) is never taken back.
+struct Hold {
+    conn: Conn,
+    key: String,
+    name: String,
+    group: String,
+    consumer: String,
+    every: Duration,
+    /// Most entries touched per period: this consumer holds at most two batches and the ids of
+    /// failed acknowledgements.
+    count: usize,
+}
+
+impl Hold {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.touch().await {
+                warn!(stream = %self.name, error = %e, "Could not refresh the pending entries' idle time; trying again.");
+            }
+        }
+    }
+
+    /// Reset the idle time of this consumer's entries idle for half a period or more.
+    async fn touch(&mut self) -> Result<(), SourceError> {
+        let min_idle = (self.every / 2).as_millis() as u64;
+        let reply: Value = redis::cmd("XPENDING")
+            .arg(&self.key)
+            .arg(&self.group)
+            .arg("IDLE")
+            .arg(min_idle)
+            .arg("-")
+            .arg("+")
+            .arg(self.count)
+            .arg(&self.consumer)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(SourceError::redis("XPENDING", &self.name))?;
+        let pending = parse_pending(reply);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(&self.key).arg(&self.group).arg(&self.consumer).arg(min_idle);
+        for (id, _) in &pending {
+            cmd.arg(id);
+        }
+        cmd.arg("JUSTID");
+        let _: Value = cmd
+            .query_async(&mut self.conn)
+            .await
+            .map_err(SourceError::redis("XCLAIM", &self.name))?;
+        debug!(stream = %self.name, count = pending.len(), "Refreshed the idle time of entries still in flight.");
+        Ok(())
+    }
 }
 
 /// An XACK on its way; on failure it gives back the ids and the error.
 type AckTask = JoinHandle<Result<(), (Vec<String>, redis::RedisError)>>;
+
+/// Shortest period of [`Hold`], for very short `claim_idle`s.
+const MIN_HOLD_PERIOD: Duration = Duration::from_millis(50);
 
 /// XACKs in flight at once; one more waits for the oldest (each covers a whole batch).
 const MAX_ACKS_IN_FLIGHT: usize = 4;
@@ -159,9 +235,22 @@ impl StreamSource {
             ahead: None,
             acks: VecDeque::new(),
             unacked: Vec::new(),
+            _hold: None,
         };
         match &source.mode {
-            Mode::Group { .. } => source.ensure_group().await?,
+            Mode::Group { group, consumer, .. } => {
+                let hold = Hold {
+                    conn: source.ack_conn.clone(),
+                    key: source.key.clone(),
+                    name: source.name.clone(),
+                    group: group.clone(),
+                    consumer: consumer.clone(),
+                    every: (*claim_idle / 3).max(MIN_HOLD_PERIOD),
+                    count: 4 * *batch + 100,
+                };
+                source.ensure_group().await?;
+                source._hold = Some(AbortOnDropHandle::new(tokio::spawn(hold.run().in_current_span())));
+            }
             Mode::Tail { last_id } if last_id == "$" => {
                 let last = source.last_id().await?;
                 source.mode = Mode::Tail { last_id: last };
@@ -172,11 +261,7 @@ impl StreamSource {
     }
 
     fn err(&self, op: &'static str) -> impl FnOnce(redis::RedisError) -> SourceError + '_ {
-        move |source| SourceError::Redis {
-            op,
-            key: self.name.clone(),
-            source,
-        }
+        SourceError::redis(op, &self.name)
     }
 
     /// XGROUP CREATE … MKSTREAM, tolerating BUSYGROUP.
