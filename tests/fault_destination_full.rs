@@ -81,7 +81,7 @@ rules:
     assert_eq!(dead, 0, "a full destination is not a reason to dead-letter");
 
     let _: () = d.del("filler").await.unwrap();
-    let out = wait_stream_len(&mut d, "out", TOTAL).await;
+    let out = wait_stream_len(&d, "out", TOTAL).await;
     let jobs: Vec<String> = wait_for("every job on the list", TIMEOUT, || {
         let mut d = d.clone();
         async move {
