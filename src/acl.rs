@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 
 use crate::config::{ConnectionSpec, RuleSet, SinkSpecKind, SourceSpecKind};
 use crate::filter::Template;
+use crate::keys;
 use crate::redis_conn;
 
 /// Commands every connection may use. (The router does not send `CLIENT SETINFO` on connect, so
@@ -196,11 +197,11 @@ pub fn grants(set: &RuleSet) -> Vec<ServerGrants> {
                 let name = kind.list_key().unwrap_or_default();
                 let key = redis_conn::prefixed(sc, &name);
                 g.keys.insert(escape(&key));
-                for suffix in [":processing:", ":heartbeat:"] {
+                for suffix in [keys::PROCESSING, keys::HEARTBEAT] {
                     g.keys
                         .insert(format!("{}*", escape(&redis_conn::companion(sc, &key, suffix))));
                 }
-                g.keys.insert(escape(&redis_conn::companion(sc, &key, ":consumers")));
+                g.keys.insert(escape(&redis_conn::companion(sc, &key, keys::CONSUMERS)));
                 // EVAL: the recovery script of dead consumers (LMOVE, SREM, EXISTS inside).
                 g.command(&[
                     "blmove", "lmove", "lrange", "lrem", "set", "sadd", "smembers", "srem", "exists", "eval",

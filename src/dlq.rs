@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use redis::Value;
 
 use crate::config::{ConnectionSpec, RuleSet, RuleSpec};
+use crate::keys::ReservedNames;
 use crate::message::{Body, Message, Meta, SourceKind};
 use crate::redis_conn::{self, Conn};
 use crate::sink::Sink;
@@ -227,6 +228,7 @@ pub async fn replay(
 ) -> Result<ReplayReport, DlqError> {
     let mut report = ReplayReport::default();
     let mut sinks: HashMap<(String, usize), Sink> = HashMap::new();
+    let reserved = Arc::new(ReservedNames::new(set.reserved.clone()));
     for d in streams(set, rule)? {
         let mut conn = connect(&d).await?;
         let entries: Vec<DeadLetterEntry> = read_all(&mut conn, &d)
@@ -256,7 +258,7 @@ pub async fn replay(
             };
             let key = (rule_name.clone(), sink_idx);
             if !sinks.contains_key(&key) {
-                match Sink::open(&r.sinks[sink_idx]).await {
+                match Sink::open(&r.sinks[sink_idx], reserved.clone()).await {
                     Ok(s) => {
                         sinks.insert(key.clone(), s);
                     }

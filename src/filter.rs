@@ -23,6 +23,24 @@ pub enum EvalError {
     /// A JSONPath in a key or channel selected nothing.
     #[error("template `{{{{{0}}}}}` selected nothing in the payload")]
     Missing(String),
+    /// A JSONPath in a key, channel or URL selected something that is not a name: `null`, an
+    /// object, an array, several nodes (many messages would collapse onto `events:null`).
+    #[error("template `{{{{{path}}}}}` selected {found}; a key, channel or URL takes a string or a number")]
+    NotAName {
+        /// The expression.
+        path: String,
+        /// What it selected.
+        found: &'static str,
+    },
+    /// A key or channel rendered from a message names the router's own keys, is empty or holds
+    /// a control character: the message is refused (dead-lettered), never written there.
+    #[error("rendered name {name:?} refused: {reason}")]
+    Refused {
+        /// The name as rendered (without the connection's prefix).
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// jsonpath-rust refused to evaluate.
     #[error("JSONPath `{path}` failed: {reason}")]
     Query {
@@ -191,7 +209,8 @@ enum Segment {
 pub enum Missing {
     /// Render nothing (field values, bodies).
     Empty,
-    /// Fail: a key or channel must not silently become another one.
+    /// Fail: a key, channel or URL must not silently become another one. Also fails on a
+    /// selection that is not a name (`null`, an object, an array, several nodes).
     Error,
 }
 
@@ -268,6 +287,18 @@ impl Template {
         }
     }
 
+    /// Whether every part of the rendered text comes from the message (its payload, its key,
+    /// id or fields) and none is fixed: the message alone chooses what it renders to.
+    pub fn is_only_from_message(&self) -> bool {
+        !self.segments.is_empty()
+            && self.segments.iter().all(|s| {
+                matches!(
+                    s,
+                    Segment::Whole | Segment::Path(..) | Segment::MetaKey | Segment::MetaId | Segment::MetaField(_)
+                )
+            })
+    }
+
     /// Whether rendering parses the payload as JSON.
     pub fn needs_json(&self) -> bool {
         self.segments.iter().any(|s| matches!(s, Segment::Path(..)))
@@ -285,8 +316,16 @@ impl Template {
                 Segment::Whole => out.extend_from_slice(msg.raw()),
                 Segment::Path(source, query) => {
                     let nodes = run_query(query, source, msg.json()?)?;
+                    let not_a_name = |found| EvalError::NotAName {
+                        path: source.clone(),
+                        found,
+                    };
                     match nodes.as_slice() {
                         [] if missing == Missing::Error => return Err(EvalError::Missing(source.clone())),
+                        [Value::Null] if missing == Missing::Error => return Err(not_a_name("null")),
+                        [Value::Object(_)] if missing == Missing::Error => return Err(not_a_name("an object")),
+                        [Value::Array(_)] if missing == Missing::Error => return Err(not_a_name("an array")),
+                        [_, _, ..] if missing == Missing::Error => return Err(not_a_name("several values")),
                         [] => {}
                         [Value::String(s)] => out.extend_from_slice(s.as_bytes()),
                         [one] => write_json(out, one),

@@ -32,7 +32,7 @@ pub const DEFAULT_PROPERTY: &str = "data";
 /// `:notify`, `:delayed` and `:reserved` companions share one slot. A name that already holds a
 /// hash tag (`{default}`, as Laravel 12 and earlier configure a cluster queue) is left alone.
 pub fn queue_key(name: &str, hash_tag: bool) -> String {
-    if hash_tag && crate::redis_conn::hash_tag(name).is_none() {
+    if hash_tag && crate::keys::hash_tag(name).is_none() {
         format!("queues:{{{name}}}")
     } else {
         format!("queues:{name}")

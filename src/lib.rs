@@ -14,6 +14,8 @@
 //! - [`engine`]: the per-rule loop, dead letters, the supervisor, rule-set diffs, the file
 //!   watcher and the reload step.
 //! - [`identity`]: this process's name as a consumer (host, or host and instance id).
+//! - [`keys`]: key names (prefixes, hash tags, companions) and the router's own key space
+//!   (pure; imports nothing of ours).
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/status` and the status page.
 //! - [`redis_conn`]: how connections are opened (timeouts, TCP_NODELAY, prefixes).
 //! - [`stats`]: per-rule counters.
@@ -32,6 +34,7 @@ pub mod engine;
 pub mod filter;
 pub mod http;
 pub mod identity;
+pub mod keys;
 pub mod laravel;
 pub mod message;
 pub mod redis_conn;

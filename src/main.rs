@@ -268,6 +268,9 @@ async fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
 fn check(file: &Path, acl_user: Option<&str>) -> ExitCode {
     match config::load(file) {
         Ok(set) => {
+            for w in &set.warnings {
+                eprintln!("{}", w.render_warning(&file.display().to_string()));
+            }
             // The rules' `tests:` are part of the file: a malformed case is a mistake too.
             let case_errors = redis_router::testing::check(&set);
             if !case_errors.is_empty() {

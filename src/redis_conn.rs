@@ -11,6 +11,7 @@ use redis::io::tcp::TcpSettings;
 use redis::{Client, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
 
 use crate::config::ConnectionSpec;
+use crate::keys;
 
 /// How long opening a TCP connection may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -343,35 +344,23 @@ pub async fn pubsub(spec: &ConnectionSpec) -> RedisResult<redis::aio::PubSub> {
 
 /// The key (or channel) as Redis holds it: the connection's prefix added.
 pub fn prefixed(spec: &ConnectionSpec, key: &str) -> String {
-    if spec.prefix.is_empty() {
-        key.to_string()
-    } else {
-        format!("{}{}", spec.prefix, key)
-    }
+    keys::prefixed(&spec.prefix, key)
 }
 
-/// The hash tag of a key: what Redis Cluster hashes instead of the whole key (the text between
-/// the first `{` and the next `}`, when not empty).
+/// The hash tag of a key (see [`keys::hash_tag`]).
 pub fn hash_tag(key: &str) -> Option<&str> {
-    let open = key.find('{')?;
-    let len = key[open + 1..].find('}')?;
-    (len > 0).then(|| &key[open + 1..open + 1 + len])
+    keys::hash_tag(key)
 }
 
-/// A key that a script or a multi-key command uses together with `key` (already prefixed):
-/// `<key><suffix>` on one server. On a cluster it must be in the same slot: `<key><suffix>` when
-/// `key` has a hash tag, else `{<key>}<suffix>` (whose hash tag is the whole of `key`).
+/// A key used together with `key` (already prefixed), in its slot on a cluster (see
+/// [`keys::companion`]).
 pub fn companion(spec: &ConnectionSpec, key: &str, suffix: &str) -> String {
-    if spec.cluster && hash_tag(key).is_none() {
-        format!("{{{key}}}{suffix}")
-    } else {
-        format!("{key}{suffix}")
-    }
+    keys::companion(spec.cluster, key, suffix)
 }
 
 /// The key as a rule names it: the prefix removed, when present.
 pub fn unprefixed<'a>(spec: &ConnectionSpec, key: &'a str) -> &'a str {
-    key.strip_prefix(spec.prefix.as_str()).unwrap_or(key)
+    keys::unprefixed(&spec.prefix, key)
 }
 
 /// Error codes of states a real deployment leaves again on its own or by an operator's hand,
@@ -416,15 +405,6 @@ mod tests {
             cluster: true,
             ..ConnectionSpec::default()
         }
-    }
-
-    #[test]
-    fn hash_tags_follow_redis_cluster_rules() {
-        assert_eq!(hash_tag("queues:{to-b}"), Some("to-b"));
-        assert_eq!(hash_tag("{a}{b}"), Some("a"));
-        assert_eq!(hash_tag("a{}b{c}"), None, "an empty first tag means the whole key");
-        assert_eq!(hash_tag("plain"), None);
-        assert_eq!(hash_tag("a}b{"), None);
     }
 
     #[test]

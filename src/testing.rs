@@ -22,6 +22,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{RuleSet, RuleSpec, SinkSpec, SinkSpecKind, SourceSpecKind, edit_distance};
 use crate::engine::route::{Admission, admit, sink_failure_reason, sink_takes};
+use crate::keys::Reserved;
 use crate::message::{Body, Message, Meta, SourceKind};
 use crate::sink::Sink;
 
@@ -641,7 +642,7 @@ impl Routing {
 /// Route `msg` through `rule` without Redis: the decisions of the engine's rule loop (the
 /// source's problem, the rule filter, the transform, each sink's filter) and what each sink
 /// would write ([`Sink::preview`]).
-pub fn route(rule: &RuleSpec, msg: &Message) -> Routing {
+pub fn route(rule: &RuleSpec, msg: &Message, reserved: &Reserved) -> Routing {
     let transformed = match admit(rule, msg) {
         Admission::DeadLetter(reason) => return Routing::DeadLetter(reason),
         Admission::FilteredOut => return Routing::FilteredOut,
@@ -654,7 +655,7 @@ pub fn route(rule: &RuleSpec, msg: &Message) -> Routing {
             .map(|spec| match sink_takes(spec, outgoing) {
                 Ok(false) => SinkRouting::Skipped,
                 Err(reason) => SinkRouting::DeadLetter(reason),
-                Ok(true) => match Sink::preview(spec, outgoing) {
+                Ok(true) => match Sink::preview(spec, outgoing, reserved) {
                     Ok(cmd) => SinkRouting::Writes(cmd),
                     // Rendering failures are permanent in the engine too: dead-lettered at once.
                     Err(e) => SinkRouting::DeadLetter(format!("{}: {e}", sink_failure_reason(false, 1))),
@@ -826,14 +827,14 @@ pub fn run(set: &RuleSet) -> Result<Vec<CaseReport>, Vec<CaseError>> {
     let rules = parse_cases(set)?;
     Ok(rules
         .into_iter()
-        .flat_map(|(rule, cases)| cases.into_iter().map(move |case| run_case(rule, &case)))
+        .flat_map(|(rule, cases)| cases.into_iter().map(move |case| run_case(rule, &case, &set.reserved)))
         .collect())
 }
 
-/// Run one case.
-pub fn run_case(rule: &RuleSpec, case: &TestCase) -> CaseReport {
+/// Run one case; `reserved` are the names of the rule file that rendered keys may not take.
+pub fn run_case(rule: &RuleSpec, case: &TestCase, reserved: &Reserved) -> CaseReport {
     let msg = case.message();
-    let routing = route(rule, &msg);
+    let routing = route(rule, &msg, reserved);
     CaseReport {
         rule: rule.name.clone(),
         case: case.name.clone(),

@@ -36,11 +36,21 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// Format as `FILE:LINE:COL: rule "NAME": message`.
     pub fn render(&self, file: &str) -> String {
+        let mut out = self.position(file);
+        out.push_str(&self.message);
+        out
+    }
+
+    /// Format a warning as `FILE:LINE:COL: rule "NAME": warning: message`.
+    pub fn render_warning(&self, file: &str) -> String {
+        format!("{}warning: {}", self.position(file), self.message)
+    }
+
+    fn position(&self, file: &str) -> String {
         let mut out = format!("{file}:{}:{}: ", self.line, self.column);
         if let Some(rule) = &self.rule {
             out.push_str(&format!("rule \"{rule}\": "));
         }
-        out.push_str(&self.message);
         out
     }
 }

@@ -22,6 +22,24 @@ pub struct RuleSet {
     pub http: Option<HttpSpec>,
     /// Rules in file order; names are unique.
     pub rules: Vec<RuleSpec>,
+    /// The router's own names in this file (dead-letter streams, queue sources' companions),
+    /// which a key rendered from a message may not take.
+    pub reserved: crate::keys::Reserved,
+    /// What is allowed but risky (a key that is nothing but a template), with positions.
+    pub warnings: Vec<super::Diagnostic>,
+}
+
+impl RuleSet {
+    /// The reserved names of `rules`: every dead-letter stream they name and every list a
+    /// queue source reads.
+    pub fn reserved_of(rules: &[RuleSpec]) -> crate::keys::Reserved {
+        let dead_letters = rules.iter().flat_map(|r| {
+            std::iter::once(r.on_error.dead_letter.clone())
+                .chain(r.sinks.iter().map(|s| s.on_error.dead_letter.clone()))
+        });
+        let queues = rules.iter().filter_map(|r| r.source.kind.list_key());
+        crate::keys::Reserved::new(dead_letters, queues)
+    }
 }
 
 /// A named Redis endpoint.

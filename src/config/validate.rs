@@ -44,17 +44,29 @@ const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 struct Ctx<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
     errors: Vec<Diagnostic>,
+    /// What is allowed but risky; `check` shows it, `run` logs it, neither refuses the file.
+    warnings: Vec<Diagnostic>,
     rule: Option<String>,
 }
 
 impl Ctx<'_> {
     fn err(&mut self, at: Location, message: impl Into<String>) {
-        self.errors.push(Diagnostic {
+        let d = self.diagnostic(at, message);
+        self.errors.push(d);
+    }
+
+    fn warn(&mut self, at: Location, message: impl Into<String>) {
+        let d = self.diagnostic(at, message);
+        self.warnings.push(d);
+    }
+
+    fn diagnostic(&self, at: Location, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
             line: at.line(),
             column: at.column(),
             rule: self.rule.clone(),
             message: message.into(),
-        });
+        }
     }
 
     /// The string with `${VAR}` expanded.
@@ -123,6 +135,7 @@ pub(super) fn validate(raw: RawFile, env: &dyn Fn(&str) -> Option<String>) -> Re
     let mut cx = Ctx {
         env,
         errors: Vec::new(),
+        warnings: Vec::new(),
         rule: None,
     };
     let connections = connections(&mut cx, &raw);
@@ -164,7 +177,9 @@ pub(super) fn validate(raw: RawFile, env: &dyn Fn(&str) -> Option<String>) -> Re
         Ok(RuleSet {
             connections: connections.into_values().collect(),
             http,
+            reserved: RuleSet::reserved_of(&rules),
             rules,
+            warnings: cx.warnings,
         })
     } else {
         Err(cx.errors)
@@ -761,6 +776,22 @@ fn sink_spec(
         connection(cx, &s.connection, conns)
     };
     let target = cx.template(key, &format!("sink `{kind}`"));
+    if let Some(t) = &target
+        && t.is_only_from_message()
+    {
+        let (what, example) = match kind {
+            "webhook" => ("URL", "`https://hooks.internal/{{$.type}}`"),
+            "publish" => ("channel", "`events:{{$.type}}`"),
+            _ => ("key", "`events:{{$.type}}`"),
+        };
+        cx.warn(
+            key.referenced,
+            format!(
+                "the {kind} sink's {what} `{}` is nothing but a template: each message chooses where it is written. Names in the router's own key space are refused, but any other is taken; give it a fixed part such as {example}",
+                t.source()
+            ),
+        );
+    }
     let body = match &s.body {
         Some(b) => Some(Some(cx.template(b, "`body`")?)),
         None => Some(None),

@@ -108,6 +108,13 @@ pub struct Reloader {
     last_seen: [u8; 32],
 }
 
+/// Each warning of a file about to run, once, as `check` prints it.
+fn log_warnings(set: &config::RuleSet, file: &str) {
+    for d in &set.warnings {
+        warn!(line = d.line, column = d.column, "{}", d.render_warning(file));
+    }
+}
+
 impl Reloader {
     /// Load `path` and start its rules as generation 1.
     ///
@@ -117,6 +124,7 @@ impl Reloader {
         let path = path.into();
         let (text, digest) = read(&path)?;
         let set = config::load_str(&text, &path.display().to_string())?;
+        log_warnings(&set, &path.display().to_string());
         supervisor.apply(&set).await;
         let stats = Arc::new(ReloadStats::default());
         stats.generation.store(1, Ordering::Relaxed);
@@ -199,6 +207,7 @@ impl Reloader {
                 return ReloadOutcome::Rejected;
             }
         };
+        log_warnings(&set, &file);
         let (diff, handovers) = self.supervisor.apply_with_handovers(&set).await;
         let duplicates: u64 = handovers.iter().map(|h| h.duplicates_at_most).sum();
         let missed: Vec<&str> = handovers

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use super::deadletter::{DeadLetter, DeadLetters};
 use super::route::{Admission, admit, sink_failure_reason, sink_takes};
 use crate::config::{ErrorPolicy, RuleSpec, SourceSpecKind, StreamStart};
+use crate::keys::ReservedNames;
 use crate::message::Message;
 use crate::sink::{Sink, SinkError};
 use crate::source::Source;
@@ -137,6 +138,7 @@ pub async fn run_rule(
     stats: Arc<RuleStats>,
     status: Arc<RuleStatus>,
     dry_run: bool,
+    reserved: Arc<ReservedNames>,
 ) -> RuleExit {
     let spec = if dry_run {
         match dry_run_spec(&spec) {
@@ -150,7 +152,7 @@ pub async fn run_rule(
     } else {
         spec
     };
-    let exit = run_rule_inner(spec, token, stats, status.clone(), dry_run).await;
+    let exit = run_rule_inner(spec, token, stats, status.clone(), dry_run, reserved).await;
     status.set(RuleState::Stopped);
     exit
 }
@@ -161,6 +163,7 @@ async fn run_rule_inner(
     stats: Arc<RuleStats>,
     status: Arc<RuleStatus>,
     dry_run: bool,
+    reserved: Arc<ReservedNames>,
 ) -> RuleExit {
     let rule: Arc<str> = Arc::from(spec.name.as_str());
     let Some(mut source) = until_ok(&token, &status, "source", || {
@@ -173,10 +176,10 @@ async fn run_rule_inner(
     let mut sinks = Vec::with_capacity(spec.sinks.len());
     for sink_spec in &spec.sinks {
         if dry_run {
-            sinks.push(Sink::dry_run(&spec.name, sink_spec));
+            sinks.push(Sink::dry_run(&spec.name, sink_spec, reserved.clone()));
             continue;
         }
-        let Some(sink) = until_ok(&token, &status, "sink", || Sink::open(sink_spec)).await else {
+        let Some(sink) = until_ok(&token, &status, "sink", || Sink::open(sink_spec, reserved.clone())).await else {
             source.close().await;
             return RuleExit::Cancelled;
         };

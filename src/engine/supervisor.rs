@@ -13,6 +13,7 @@ use tracing::{Instrument, debug, error, error_span, info, warn};
 use super::diff::{RuleSetDiff, diff};
 use super::rule::{RuleExit, run_rule};
 use crate::config::{RuleSet, RuleSpec, SourceSpecKind};
+use crate::keys::ReservedNames;
 use crate::stats::{RuleState, RuleStatus, StatsRegistry};
 
 /// How often shutdown names the rules that are still draining.
@@ -67,6 +68,9 @@ pub struct Supervisor {
     drain_timeout: Duration,
     /// `run --dry-run`: read and filter for real, print what sinks would write, write nothing.
     dry_run: bool,
+    /// The names of the rule set now applied that rendered keys may not take; every rule's
+    /// sinks read it, so rules that keep running through a reload see the new file's names.
+    reserved: Arc<ReservedNames>,
 }
 
 impl Supervisor {
@@ -78,6 +82,7 @@ impl Supervisor {
             stats,
             drain_timeout,
             dry_run: false,
+            reserved: Arc::default(),
         }
     }
 
@@ -125,6 +130,9 @@ impl Supervisor {
     /// duplicate, counted in [`Handover::duplicates_at_most`]. Other changed rules stop, drain,
     /// then start (a consumer group keeps their position; nothing is lost or doubled).
     pub async fn apply_with_handovers(&mut self, set: &RuleSet) -> (RuleSetDiff, Vec<Handover>) {
+        // Before anything starts: a new rule's dead-letter stream is out of bounds for every
+        // rule at once.
+        self.reserved.set(set.reserved.clone());
         let d = diff(self.running.values().map(|r| r.spec.as_ref()), &set.rules);
         let new_spec = |name: &str| set.rules.iter().find(|r| r.name == name);
 
@@ -230,8 +238,15 @@ impl Supervisor {
         let sinks: Vec<&str> = spec.sinks.iter().map(|s| s.kind.kind_name()).collect();
         let span = error_span!("rule", rule = %spec.name, source = spec.source.kind_name(), sinks = %sinks.join(","));
         let status = Arc::new(RuleStatus::default());
-        let handle =
-            tokio::spawn(run_rule(spec.clone(), token.clone(), stats, status.clone(), self.dry_run).instrument(span));
+        let rule = run_rule(
+            spec.clone(),
+            token.clone(),
+            stats,
+            status.clone(),
+            self.dry_run,
+            self.reserved.clone(),
+        );
+        let handle = tokio::spawn(rule.instrument(span));
         self.running.insert(
             spec.name.clone(),
             Running {

@@ -10,6 +10,7 @@ mod queue;
 mod stream;
 pub mod webhook;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use webhook::WebhookSink;
@@ -17,7 +18,8 @@ pub use webhook::WebhookSink;
 use redis::{Cmd, Value};
 
 use crate::config::{SinkSpec, SinkSpecKind};
-use crate::filter::EvalError;
+use crate::filter::{EvalError, Missing, Template};
+use crate::keys::{Reserved, ReservedNames};
 use crate::message::Message;
 use crate::redis_conn::{self, Conn};
 
@@ -93,15 +95,18 @@ pub enum Sink {
         spec: Box<SinkSpec>,
         /// Its label.
         label: String,
+        /// Names a rendered key may not take.
+        reserved: Arc<ReservedNames>,
     },
 }
 
 impl Sink {
-    /// Connect the sink.
+    /// Connect the sink. A key or channel it renders from a message is checked against the
+    /// names `reserved` holds at the time (see [`render_name`]).
     ///
     /// # Errors
     /// When Redis cannot be reached now (the caller retries).
-    pub async fn open(spec: &SinkSpec) -> Result<Sink, SinkError> {
+    pub async fn open(spec: &SinkSpec, reserved: Arc<ReservedNames>) -> Result<Sink, SinkError> {
         if let SinkSpecKind::Webhook(w) = &spec.kind {
             return Ok(Sink::Webhook(WebhookSink::new(w, spec.kind.to_string())?));
         }
@@ -115,15 +120,17 @@ impl Sink {
             spec: spec.clone(),
             label: spec.kind.to_string(),
             conn,
+            reserved,
         }))
     }
 
     /// A sink that only prints what `spec` would write.
-    pub fn dry_run(rule: &str, spec: &SinkSpec) -> Sink {
+    pub fn dry_run(rule: &str, spec: &SinkSpec, reserved: Arc<ReservedNames>) -> Sink {
         Sink::DryRun {
             rule: rule.to_string(),
             spec: Box::new(spec.clone()),
             label: spec.kind.to_string(),
+            reserved,
         }
     }
 
@@ -141,14 +148,22 @@ impl Sink {
         match self {
             Sink::Redis(s) => s.send(batch).await,
             Sink::Webhook(s) => s.send(batch).await,
-            Sink::DryRun { rule, spec, label } => batch
-                .iter()
-                .map(|msg| {
-                    let args = Sink::preview(spec, msg)?;
-                    println!("dry-run rule={rule} {label}: {}", shell_words(&args));
-                    Ok(())
-                })
-                .collect(),
+            Sink::DryRun {
+                rule,
+                spec,
+                label,
+                reserved,
+            } => {
+                let reserved = reserved.get();
+                batch
+                    .iter()
+                    .map(|msg| {
+                        let args = Sink::preview(spec, msg, &reserved)?;
+                        println!("dry-run rule={rule} {label}: {}", shell_words(&args));
+                        Ok(())
+                    })
+                    .collect()
+            }
         }
     }
 
@@ -157,7 +172,7 @@ impl Sink {
     ///
     /// # Errors
     /// When the message cannot be rendered for this sink.
-    pub fn preview(spec: &SinkSpec, msg: &Message) -> Result<Vec<Vec<u8>>, SinkError> {
+    pub fn preview(spec: &SinkSpec, msg: &Message, reserved: &Reserved) -> Result<Vec<Vec<u8>>, SinkError> {
         let err = |source| SinkError::Render {
             sink: spec.kind.to_string(),
             source,
@@ -166,7 +181,7 @@ impl Sink {
             let (url, body) = WebhookSink::render(w, msg).map_err(err)?;
             return Ok(vec![w.method.clone().into_bytes(), url.into_bytes(), body]);
         }
-        let cmd = render(spec, msg).map_err(err)?;
+        let cmd = render(spec, msg, reserved).map_err(err)?;
         Ok(cmd
             .args_iter()
             .filter_map(|a| match a {
@@ -192,18 +207,58 @@ pub fn shell_words(args: &[Vec<u8>]) -> String {
         .join(" ")
 }
 
+/// A key or channel name from its template. A name with a part that comes from the message
+/// (a payload path, the source's key, a field) is what a publisher chooses: it may not be empty,
+/// hold a control character, or fall in the router's own key space ([`Reserved`]); such a
+/// message is refused (and dead-lettered with the reason), never written there. A name written
+/// in full in the rule file is the operator's choice and is not checked.
+///
+/// # Errors
+/// [`EvalError`] when the template cannot be rendered or the name is refused.
+pub(crate) fn render_name(template: &Template, msg: &Message, reserved: &Reserved) -> Result<String, EvalError> {
+    if let Some(literal) = template.as_literal() {
+        return Ok(literal.to_string());
+    }
+    let name = template.render_string(msg, Missing::Error)?;
+    check_name(name, reserved)
+}
+
+/// `name`, unless `reserved` refuses it.
+///
+/// # Errors
+/// [`EvalError::Refused`] with the reason.
+pub(crate) fn check_name(name: String, reserved: &Reserved) -> Result<String, EvalError> {
+    match reserved.refuse(&name) {
+        Some(reason) => Err(EvalError::Refused { name, reason }),
+        None => Ok(name),
+    }
+}
+
 /// The one command that delivers `msg` to the sink.
-fn render(spec: &SinkSpec, msg: &Message) -> Result<Cmd, EvalError> {
+fn render(spec: &SinkSpec, msg: &Message, reserved: &Reserved) -> Result<Cmd, EvalError> {
     let prefix = &spec.connection;
     match &spec.kind {
-        SinkSpecKind::Publish { channel, body, sharded } => {
-            publish::render(prefix, channel, body.as_ref(), *sharded, msg)
-        }
-        SinkSpecKind::Stream { stream, maxlen, fields } => {
-            stream::render(prefix, stream, *maxlen, fields.as_deref(), msg)
-        }
+        SinkSpecKind::Publish { channel, body, sharded } => publish::render(
+            prefix,
+            render_name(channel, msg, reserved)?,
+            body.as_ref(),
+            *sharded,
+            msg,
+        ),
+        SinkSpecKind::Stream { stream, maxlen, fields } => stream::render(
+            prefix,
+            render_name(stream, msg, reserved)?,
+            *maxlen,
+            fields.as_deref(),
+            msg,
+        ),
         SinkSpecKind::Queue { queue, body, laravel } => {
-            queue::render(prefix, queue, body.as_ref(), laravel.as_ref(), msg)
+            let name = render_name(queue, msg, reserved)?;
+            if let Some(l) = laravel {
+                // Laravel's key `queues:NAME` must stay out of the router's key space too.
+                check_name(crate::laravel::queue_key(&name, l.hash_tag), reserved)?;
+            }
+            queue::render(prefix, &name, body.as_ref(), laravel.as_ref(), msg)
         }
         SinkSpecKind::Webhook(_) => Err(EvalError::Query {
             path: String::new(),
@@ -217,6 +272,7 @@ pub struct RedisSink {
     spec: SinkSpec,
     label: String,
     conn: Conn,
+    reserved: Arc<ReservedNames>,
 }
 
 impl RedisSink {
@@ -224,8 +280,9 @@ impl RedisSink {
         let mut results: Vec<Option<Result<(), SinkError>>> = Vec::with_capacity(batch.len());
         let mut pipe = redis::pipe();
         let mut sent = 0;
+        let reserved = self.reserved.get();
         for msg in batch {
-            match render(&self.spec, msg) {
+            match render(&self.spec, msg, &reserved) {
                 Ok(cmd) => {
                     pipe.add_command(cmd);
                     sent += 1;

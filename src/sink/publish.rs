@@ -9,15 +9,15 @@ use crate::filter::{EvalError, Missing, Template};
 use crate::message::Message;
 use crate::redis_conn;
 
-/// `PUBLISH <prefix><channel> <body>` (`SPUBLISH` when sharded).
+/// `PUBLISH <prefix><channel> <body>` (`SPUBLISH` when sharded); `channel` is rendered.
 pub(super) fn render(
     conn: &ConnectionSpec,
-    channel: &Template,
+    channel: String,
     body: Option<&Template>,
     sharded: bool,
     msg: &Message,
 ) -> Result<Cmd, EvalError> {
-    let channel = redis_conn::prefixed(conn, &channel.render_string(msg, Missing::Error)?);
+    let channel = redis_conn::prefixed(conn, &channel);
     let mut cmd = redis::cmd(if sharded { "SPUBLISH" } else { "PUBLISH" });
     cmd.arg(channel);
     match body {

@@ -18,18 +18,17 @@ use crate::redis_conn;
 /// Laravel's push: the job, then one notify entry, atomically.
 const LARAVEL_PUSH: &str = "redis.call('rpush', KEYS[1], ARGV[1])\nredis.call('rpush', KEYS[2], 1)";
 
-/// The command that puts `msg` on the queue.
+/// The command that puts `msg` on the queue `name` (rendered).
 pub(super) fn render(
     conn: &ConnectionSpec,
-    queue: &Template,
+    name: &str,
     body: Option<&Template>,
     laravel: Option<&LaravelSinkSpec>,
     msg: &Message,
 ) -> Result<Cmd, EvalError> {
-    let name = queue.render_string(msg, Missing::Error)?;
     let Some(spec) = laravel else {
         let mut cmd = redis::cmd("RPUSH");
-        cmd.arg(redis_conn::prefixed(conn, &name));
+        cmd.arg(redis_conn::prefixed(conn, name));
         match body {
             Some(t) => cmd.arg(t.render(msg, Missing::Empty)?),
             None => cmd.arg(msg.raw()),
@@ -37,11 +36,11 @@ pub(super) fn render(
         return Ok(cmd);
     };
     let payload = match &spec.target {
-        Some(target) => job_payload(target, spec, &name, msg.json()?),
+        Some(target) => job_payload(target, spec, name, msg.json()?),
         // Forwarded: the same bytes, so the job keeps its uuid and attempts.
         None => msg.raw().to_vec(),
     };
-    let key = redis_conn::prefixed(conn, &laravel::queue_key(&name, spec.hash_tag));
+    let key = redis_conn::prefixed(conn, &laravel::queue_key(name, spec.hash_tag));
     let mut cmd;
     match spec.delay {
         Some(delay) => {

@@ -12,15 +12,15 @@ use crate::filter::{EvalError, Missing, Template};
 use crate::message::{Body, Message};
 use crate::redis_conn;
 
-/// `XADD <prefix><key> [MAXLEN ~ n] * field value …`.
+/// `XADD <prefix><key> [MAXLEN ~ n] * field value …`; `key` is rendered.
 pub(super) fn render(
     conn: &ConnectionSpec,
-    key: &Template,
+    key: String,
     maxlen: Option<u64>,
     fields: Option<&[(String, Template)]>,
     msg: &Message,
 ) -> Result<Cmd, EvalError> {
-    let key = redis_conn::prefixed(conn, &key.render_string(msg, Missing::Error)?);
+    let key = redis_conn::prefixed(conn, &key);
     let mut cmd = redis::cmd("XADD");
     cmd.arg(key);
     if let Some(n) = maxlen {

@@ -22,6 +22,7 @@ use tracing::{Instrument, info, warn};
 
 use super::{SourceError, bulk};
 use crate::config::{ConnectionSpec, QueueFormat, SourceSpec, SourceSpecKind};
+use crate::keys;
 use crate::message::{Body, Message, Meta, SourceKind};
 use crate::redis_conn::{self, Conn};
 use crate::source::stream::default_consumer;
@@ -141,7 +142,7 @@ impl ListSource {
         let mut heartbeat = Heartbeat {
             conn: shared,
             connection: spec.connection.clone(),
-            consumers_key: redis_conn::companion(&spec.connection, &key, ":consumers"),
+            consumers_key: redis_conn::companion(&spec.connection, &key, keys::CONSUMERS),
             key: key.clone(),
             name: name.clone(),
             consumer,
@@ -245,7 +246,7 @@ impl ListSource {
 
 impl Heartbeat {
     fn heartbeat_key(&self, consumer: &str) -> String {
-        redis_conn::companion(&self.connection, &self.key, &format!(":heartbeat:{consumer}"))
+        redis_conn::companion(&self.connection, &self.key, &format!("{}{consumer}", keys::HEARTBEAT))
     }
 
     /// Beat every [`HEARTBEAT_EVERY`] until aborted; a failed beat is logged and tried again
@@ -307,7 +308,7 @@ impl Heartbeat {
 /// The processing list of `consumer` of list `key` (prefixed): `<key>:processing:<consumer>`,
 /// in the list's slot on a cluster (BLMOVE and the recovery script use both).
 pub fn processing_key(conn: &ConnectionSpec, key: &str, consumer: &str) -> String {
-    redis_conn::companion(conn, key, &format!(":processing:{consumer}"))
+    redis_conn::companion(conn, key, &format!("{}{consumer}", keys::PROCESSING))
 }
 
 /// A Laravel job as a message: the payload bytes unchanged (a routed job is pushed as it came),
