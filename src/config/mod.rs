@@ -198,6 +198,7 @@ fn recover(text: &str, first: serde_saphyr::Error, env: &dyn Fn(&str) -> Option<
     let partial = RawFile {
         connections: outline.connections,
         http: outline.http,
+        limits: outline.limits,
         rules: good_rules,
     };
     if let Err(more) = validate::validate(partial, env) {

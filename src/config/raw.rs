@@ -18,6 +18,7 @@ pub(crate) struct RawFile {
     #[serde(default)]
     pub connections: IndexMap<String, Spanned<RawConnection>>,
     pub http: Option<Spanned<RawHttp>>,
+    pub limits: Option<Spanned<RawLimits>>,
     #[serde(default)]
     pub rules: Vec<Spanned<RawRule>>,
 }
@@ -30,6 +31,7 @@ pub(crate) struct RawFileOutline {
     #[serde(default)]
     pub connections: IndexMap<String, Spanned<RawConnection>>,
     pub http: Option<Spanned<RawHttp>>,
+    pub limits: Option<Spanned<RawLimits>>,
     #[serde(default)]
     pub rules: Vec<Spanned<serde::de::IgnoredAny>>,
 }
@@ -62,6 +64,14 @@ pub(crate) struct RawTls {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHttp {
     pub listen: SpStr,
+}
+
+/// Memory limits of every rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub max_payload: Option<SpStr>,
+    pub batch_bytes: Option<SpStr>,
 }
 
 /// One rule.

@@ -130,6 +130,25 @@ pub struct HttpSpec {
     pub listen: SocketAddr,
 }
 
+/// How many bytes a rule may hold (`limits:` in the rule file, the same for every rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A payload larger than this is dead-lettered whole, unparsed.
+    pub max_payload: usize,
+    /// A batch stops growing at this many bytes of payloads and the JSON parsed from them; a
+    /// payload whose parsed JSON alone would take more is dead-lettered whole, unparsed.
+    pub batch_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload: 16 << 20,
+            batch_bytes: 64 << 20,
+        }
+    }
+}
+
 /// One rule: a source, an optional filter and transform, and one or more sinks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleSpec {
@@ -147,6 +166,8 @@ pub struct RuleSpec {
     pub on_error: ErrorPolicy,
     /// Offline test cases, as written (run by `redis-router test`).
     pub tests: Vec<serde_json::Value>,
+    /// Bytes the rule may hold.
+    pub limits: Limits,
 }
 
 impl RuleSpec {
@@ -154,6 +175,37 @@ impl RuleSpec {
     pub fn summary(&self) -> String {
         let sinks: Vec<String> = self.sinks.iter().map(|s| s.kind.to_string()).collect();
         format!("{} -> {}", self.source.kind, sinks.join(", "))
+    }
+
+    /// Whether delivering a message may parse its payload as JSON: a filter, a transform, a
+    /// template that looks into the payload, a Laravel job built from it, a stream sink that
+    /// writes a JSON object's keys as fields, a Laravel source. A rule that only moves bytes
+    /// (queue to queue, channel to stream with `{{$}}`) never parses, so its payloads cost only
+    /// their size.
+    pub fn parses_json(&self) -> bool {
+        let source = match &self.source.kind {
+            SourceSpecKind::Queue { format, .. } => *format == QueueFormat::Laravel,
+            SourceSpecKind::Channel { claim, .. } | SourceSpecKind::Pattern { claim, .. } => claim
+                .as_ref()
+                .and_then(|c| c.id.as_ref())
+                .is_some_and(Template::needs_json),
+            SourceSpecKind::Stream { .. } => false,
+        };
+        let t = |t: &Option<Template>| t.as_ref().is_some_and(Template::needs_json);
+        let sink = |s: &SinkSpec| {
+            s.filter.is_some()
+                || match &s.kind {
+                    SinkSpecKind::Publish { channel, body, .. } => channel.needs_json() || t(body),
+                    SinkSpecKind::Stream { stream, fields, .. } => {
+                        stream.needs_json() || fields.as_ref().is_none_or(|f| f.iter().any(|(_, v)| v.needs_json()))
+                    }
+                    SinkSpecKind::Queue { queue, body, laravel } => {
+                        queue.needs_json() || t(body) || laravel.as_ref().is_some_and(|l| l.target.is_some())
+                    }
+                    SinkSpecKind::Webhook(w) => w.url.needs_json() || t(&w.body),
+                }
+        };
+        source || self.filter.is_some() || self.transform.is_some() || self.sinks.iter().any(sink)
     }
 
     /// Connection names this rule uses, for restarting only the rules a connection change touches.

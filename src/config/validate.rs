@@ -152,6 +152,7 @@ pub(super) fn validate(raw: RawFile, env: &dyn Fn(&str) -> Option<String>) -> Re
             }
         }
     });
+    let limits = limits(&mut cx, raw.limits.as_ref());
     let mut rules = Vec::new();
     let mut seen: HashMap<String, u64> = HashMap::new();
     for rule in &raw.rules {
@@ -169,7 +170,7 @@ pub(super) fn validate(raw: RawFile, env: &dyn Fn(&str) -> Option<String>) -> Re
                 format!("duplicate rule name (first used on line {line}); give each rule its own name"),
             );
         }
-        if let Some(spec) = rule_spec(&mut cx, &rule.value, rule.referenced, &connections) {
+        if let Some(spec) = rule_spec(&mut cx, &rule.value, rule.referenced, &connections, limits) {
             rules.push(spec);
         }
     }
@@ -340,7 +341,7 @@ fn connection(cx: &mut Ctx<'_>, name: &Option<SpStr>, conns: &Connections) -> Op
     None
 }
 
-fn rule_spec(cx: &mut Ctx<'_>, rule: &RawRule, at: Location, conns: &Connections) -> Option<RuleSpec> {
+fn rule_spec(cx: &mut Ctx<'_>, rule: &RawRule, at: Location, conns: &Connections, limits: Limits) -> Option<RuleSpec> {
     let source = source_spec(cx, &rule.source, conns);
     let filter = rule.filter.as_ref().and_then(|f| match Filter::compile(&f.value) {
         Ok(filter) => Some(filter),
@@ -389,7 +390,46 @@ fn rule_spec(cx: &mut Ctx<'_>, rule: &RawRule, at: Location, conns: &Connections
         sinks: sinks?,
         on_error: on_error?,
         tests,
+        limits,
     })
+}
+
+/// Smallest `batch_bytes`: a batch must hold a message of a usual size.
+const MIN_BATCH_BYTES: usize = 64 << 10;
+
+/// The `limits:` section, defaults filled in.
+fn limits(cx: &mut Ctx<'_>, raw: Option<&Spanned<super::raw::RawLimits>>) -> Limits {
+    let mut limits = Limits::default();
+    let Some(raw) = raw else { return limits };
+    let mut size = |s: &SpStr, what: &str, min: usize| -> Option<usize> {
+        let text = cx.text(s)?;
+        match text.trim().parse::<bytesize::ByteSize>() {
+            Ok(b) if (b.as_u64() as usize) >= min => Some(b.as_u64() as usize),
+            Ok(_) => {
+                cx.err(s.referenced, format!("`{what}` must be at least {min} bytes"));
+                None
+            }
+            Err(_) => {
+                cx.err(
+                    s.referenced,
+                    format!("`{what}` `{text}` is not a size; write e.g. `16MiB`, `512KiB` or a number of bytes"),
+                );
+                None
+            }
+        }
+    };
+    if let Some(v) = raw.value.max_payload.as_ref().and_then(|s| size(s, "max_payload", 1)) {
+        limits.max_payload = v;
+    }
+    if let Some(v) = raw
+        .value
+        .batch_bytes
+        .as_ref()
+        .and_then(|s| size(s, "batch_bytes", MIN_BATCH_BYTES))
+    {
+        limits.batch_bytes = v;
+    }
+    limits
 }
 
 fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) -> Option<SourceSpec> {

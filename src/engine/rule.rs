@@ -18,7 +18,7 @@ use crate::config::{ErrorPolicy, RuleSpec, SourceSpecKind, StreamStart};
 use crate::keys::ReservedNames;
 use crate::message::Message;
 use crate::sink::{Sink, SinkError};
-use crate::source::Source;
+use crate::source::{Budget, Source};
 use crate::stats::{RuleState, RuleStats, RuleStatus, SinkStats};
 
 /// How a rule task ended.
@@ -167,7 +167,7 @@ async fn run_rule_inner(
 ) -> RuleExit {
     let rule: Arc<str> = Arc::from(spec.name.as_str());
     let Some(mut source) = until_ok(&token, &status, "source", || {
-        Source::open(&spec.source, &rule, stats.clone(), status.clone())
+        Source::open(&spec.source, &rule, stats.clone(), status.clone(), Budget::of(&spec))
     })
     .await
     else {

@@ -20,7 +20,7 @@ use redis::Value;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, info, warn};
 
-use super::{SourceError, bulk};
+use super::{Budget, SourceError, bulk};
 use crate::config::{ConnectionSpec, QueueFormat, SourceSpec, SourceSpecKind};
 use crate::keys;
 use crate::message::{Body, Message, Meta, SourceKind};
@@ -60,8 +60,16 @@ pub struct ListSource {
     name: String,
     format: QueueFormat,
     block: Duration,
-    /// Elements a previous run left in the processing list, delivered first.
-    recovered: VecDeque<Vec<u8>>,
+    /// Whether elements a previous run left in the processing list may remain: they are
+    /// delivered first, read a batch at a time from its head.
+    recovering: bool,
+    /// Elements taken beyond the budget of the batch handed out (in the processing list), with
+    /// their costs: the next batches, before anything is read.
+    held: VecDeque<(usize, Message)>,
+    /// Bytes a batch may hold.
+    budget: Budget,
+    /// Average cost of an element of the last read: the next read takes as many as fit.
+    average: usize,
     rule: Arc<str>,
     stats: Arc<RuleStats>,
     /// Refreshes this consumer's heartbeat and recovers dead consumers' elements, on its own
@@ -91,7 +99,12 @@ impl ListSource {
     ///
     /// # Errors
     /// When Redis cannot be reached.
-    pub async fn open(spec: &SourceSpec, rule: Arc<str>, stats: Arc<RuleStats>) -> Result<ListSource, SourceError> {
+    pub async fn open(
+        spec: &SourceSpec,
+        rule: Arc<str>,
+        stats: Arc<RuleStats>,
+        budget: Budget,
+    ) -> Result<ListSource, SourceError> {
         let (
             SourceSpecKind::Queue {
                 format,
@@ -118,19 +131,13 @@ impl ListSource {
                 key: name.clone(),
                 source,
             })?;
-        let left: Vec<Vec<u8>> = redis::cmd("LRANGE")
+        let left: usize = redis::cmd("LLEN")
             .arg(&processing)
-            .arg(0)
-            .arg(-1)
             .query_async(&mut conn)
             .await
-            .map_err(|source| SourceError::Redis {
-                op: "LRANGE",
-                key: processing.clone(),
-                source,
-            })?;
-        if !left.is_empty() {
-            info!(queue = %name, count = left.len(), "Recovering elements a previous run left in its processing list.");
+            .map_err(SourceError::redis("LLEN", &processing))?;
+        if left > 0 {
+            info!(queue = %name, count = left, "Recovering elements a previous run left in its processing list.");
         }
         let shared = redis_conn::shared(&spec.connection)
             .await
@@ -157,7 +164,10 @@ impl ListSource {
             name,
             format: *format,
             block: *block,
-            recovered: left.into(),
+            recovering: left > 0,
+            held: VecDeque::new(),
+            budget,
+            average: budget.batch_bytes / BATCH,
             rule,
             stats,
             _heartbeat: AbortOnDropHandle::new(tokio::spawn(heartbeat.run().in_current_span())),
@@ -173,11 +183,24 @@ impl ListSource {
     /// # Cancel safety
     /// Cancel safe: a moved element is in the processing list, delivered at the next start.
     pub async fn recv(&mut self) -> Result<Vec<Message>, SourceError> {
+        if !self.held.is_empty() {
+            return Ok(self.budget.take(&mut self.held));
+        }
+        let count = self.budget.count(self.average, BATCH);
         let mut elements: Vec<Vec<u8>> = Vec::new();
-        if !self.recovered.is_empty() {
-            let n = self.recovered.len().min(BATCH);
-            elements.extend(self.recovered.drain(..n));
-        } else {
+        if self.recovering {
+            // Everything handed out before was acknowledged (removed), so what is left of the
+            // previous run starts at the head.
+            elements = redis::cmd("LRANGE")
+                .arg(&self.processing)
+                .arg(0)
+                .arg(count - 1)
+                .query_async(&mut self.conn)
+                .await
+                .map_err(self.err("LRANGE"))?;
+            self.recovering = elements.len() == count;
+        }
+        if elements.is_empty() {
             let first: Option<Vec<u8>> = redis::cmd("BLMOVE")
                 .arg(&self.key)
                 .arg(&self.processing)
@@ -193,38 +216,50 @@ impl ListSource {
             elements.push(first);
             // More may be waiting: take them in one round trip instead of one each.
             let mut pipe = redis::pipe();
-            for _ in 1..BATCH {
+            for _ in 1..count {
                 pipe.cmd("LMOVE")
                     .arg(&self.key)
                     .arg(&self.processing)
                     .arg("LEFT")
                     .arg("RIGHT");
             }
-            let more: Vec<Value> = pipe.query_async(&mut self.conn).await.map_err(self.err("LMOVE"))?;
-            elements.extend(more.into_iter().filter_map(bulk));
+            if count > 1 {
+                let more: Vec<Value> = pipe.query_async(&mut self.conn).await.map_err(self.err("LMOVE"))?;
+                elements.extend(more.into_iter().filter_map(bulk));
+            }
         }
         RuleStats::add(&self.stats.received, elements.len() as u64);
         let key = redis_conn::unprefixed(&self.connection, &self.key).to_string();
-        Ok(elements
-            .into_iter()
-            .map(|element| {
-                let meta = Meta {
-                    rule: self.rule.clone(),
-                    source: SourceKind::Queue,
-                    key: key.clone(),
-                    pattern: None,
-                    id: None,
-                    received: SystemTime::now(),
-                    deliveries: 1,
-                    fields: Vec::new(),
-                    problem: None,
+        let n = elements.len();
+        let mut total = 0usize;
+        for element in elements {
+            let meta = Meta {
+                rule: self.rule.clone(),
+                source: SourceKind::Queue,
+                key: key.clone(),
+                pattern: None,
+                id: None,
+                received: SystemTime::now(),
+                deliveries: 1,
+                fields: Vec::new(),
+                problem: None,
+            };
+            let mut msg = Message::new(Body::Bytes(element), meta);
+            // Afford it before anything parses it (a Laravel job is parsed here).
+            let cost = self.budget.admit(&mut msg);
+            if self.format == QueueFormat::Laravel && msg.meta.problem.is_none() {
+                msg = match msg.into_parts() {
+                    (Body::Bytes(element), meta) => laravel_message(element, meta),
+                    (body, meta) => Message::new(body, meta),
                 };
-                match self.format {
-                    QueueFormat::Raw => Message::new(Body::Bytes(element), meta),
-                    QueueFormat::Laravel => laravel_message(element, meta),
-                }
-            })
-            .collect())
+            }
+            total = total.saturating_add(cost);
+            self.held.push_back((cost, msg));
+        }
+        if let Some(average) = total.checked_div(n) {
+            self.average = average;
+        }
+        Ok(self.budget.take(&mut self.held))
     }
 
     /// Remove a finished batch from the processing list.

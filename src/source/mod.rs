@@ -15,7 +15,7 @@ pub use list::{ListSource, laravel_message};
 pub use pubsub::PubSubSource;
 pub use stream::StreamSource;
 
-use crate::config::{SourceSpec, SourceSpecKind};
+use crate::config::{RuleSpec, SourceSpec, SourceSpecKind};
 use crate::message::Message;
 use crate::stats::{RuleStats, RuleStatus};
 
@@ -62,6 +62,101 @@ impl SourceError {
     }
 }
 
+/// What a rule may hold in bytes, applied by every source as it makes batches.
+///
+/// A payload larger than `max_payload`, or (for a rule that parses JSON) one whose parsed tree
+/// alone would take more than `batch_bytes`, is set aside: the rule dead-letters it whole and
+/// nothing parses it, so no payload can make the process run out of memory. A batch stops
+/// growing once its payloads and their estimated JSON trees reach `batch_bytes` (it always
+/// holds at least one message); what a read returned beyond that waits in the source, already
+/// taken (pending, or in the processing list), for the next batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Largest payload, in bytes.
+    pub max_payload: usize,
+    /// Bytes of payloads and parsed JSON per batch.
+    pub batch_bytes: usize,
+    /// Whether the rule parses its payloads as JSON (see [`RuleSpec::parses_json`]).
+    pub parses_json: bool,
+}
+
+impl Budget {
+    /// The budget of `rule`.
+    pub fn of(rule: &RuleSpec) -> Budget {
+        Budget {
+            max_payload: rule.limits.max_payload,
+            batch_bytes: rule.limits.batch_bytes,
+            parses_json: rule.parses_json(),
+        }
+    }
+
+    /// Set `msg` aside when the rule cannot afford it; returns its cost in the batch.
+    pub fn admit(&self, msg: &mut Message) -> usize {
+        let len = msg.payload_len();
+        if len > self.max_payload {
+            msg.set_aside(format!(
+                "payload of {len} bytes is larger than max_payload ({} bytes); set aside unparsed",
+                self.max_payload
+            ));
+            return len;
+        }
+        if !self.parses_json || msg.meta.problem.is_some() {
+            return len;
+        }
+        let tree = msg.estimated_json_bytes();
+        if tree > self.batch_bytes {
+            msg.set_aside(format!(
+                "payload of {len} bytes would take about {} MiB parsed as JSON, more than batch_bytes ({} MiB); set aside unparsed",
+                tree >> 20,
+                self.batch_bytes >> 20
+            ));
+            return len;
+        }
+        tree
+    }
+
+    /// Admit each message of `read` and move them to `held`, then take the next batch from
+    /// `held`: messages in order while their costs fit in `batch_bytes` (at least one).
+    /// Returns the batch and the average cost of a message of `read` (what the next read's
+    /// [`Budget::count`] goes by).
+    pub fn split(
+        &self,
+        read: Vec<Message>,
+        held: &mut std::collections::VecDeque<(usize, Message)>,
+    ) -> (Vec<Message>, usize) {
+        let n = read.len();
+        let mut total = 0usize;
+        for mut msg in read {
+            let cost = self.admit(&mut msg);
+            total = total.saturating_add(cost);
+            held.push_back((cost, msg));
+        }
+        (self.take(held), total / n.max(1))
+    }
+
+    /// The next batch from messages already admitted, with their costs.
+    pub fn take(&self, held: &mut std::collections::VecDeque<(usize, Message)>) -> Vec<Message> {
+        let mut total = 0usize;
+        let mut batch = Vec::new();
+        while let Some((cost, _)) = held.front() {
+            if !batch.is_empty() && total.saturating_add(*cost) > self.batch_bytes {
+                break;
+            }
+            total = total.saturating_add(*cost);
+            if let Some((_, msg)) = held.pop_front() {
+                batch.push(msg);
+            }
+        }
+        batch
+    }
+
+    /// How many entries to ask for in one read so that, at `average` bytes each, they fit the
+    /// budget: between 1 and `batch`.
+    pub fn count(&self, average: usize, batch: usize) -> usize {
+        (self.batch_bytes / average.max(1)).clamp(1, batch.max(1))
+    }
+}
+
 /// A source of any kind.
 pub enum Source {
     /// SUBSCRIBE / PSUBSCRIBE.
@@ -75,6 +170,8 @@ pub enum Source {
 impl Source {
     /// Open the source described by `spec` for `rule`.
     ///
+    /// Batches follow `budget` (see [`Budget`]).
+    ///
     /// # Errors
     /// When Redis cannot be reached or refuses the setup (the caller retries with backoff).
     /// A Pub/Sub source reports its disconnections on `status`.
@@ -83,15 +180,18 @@ impl Source {
         rule: &Arc<str>,
         stats: Arc<RuleStats>,
         status: Arc<RuleStatus>,
+        budget: Budget,
     ) -> Result<Source, SourceError> {
         Ok(match &spec.kind {
-            SourceSpecKind::Channel { .. } | SourceSpecKind::Pattern { .. } => {
-                Source::PubSub(Box::new(PubSubSource::open(spec, rule.clone(), stats, status).await?))
-            }
+            SourceSpecKind::Channel { .. } | SourceSpecKind::Pattern { .. } => Source::PubSub(Box::new(
+                PubSubSource::open(spec, rule.clone(), stats, status, budget).await?,
+            )),
             SourceSpecKind::Stream { .. } => {
-                Source::Stream(Box::new(StreamSource::open(spec, rule.clone(), stats).await?))
+                Source::Stream(Box::new(StreamSource::open(spec, rule.clone(), stats, budget).await?))
             }
-            SourceSpecKind::Queue { .. } => Source::List(Box::new(ListSource::open(spec, rule.clone(), stats).await?)),
+            SourceSpecKind::Queue { .. } => {
+                Source::List(Box::new(ListSource::open(spec, rule.clone(), stats, budget).await?))
+            }
         })
     }
 

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, warn};
 
-use super::SourceError;
+use super::{Budget, SourceError};
 use crate::config::{ConnectionSpec, Overflow, SourceSpec, SourceSpecKind};
 use crate::message::{Body, Message, Meta, SourceKind};
 use crate::redis_conn;
@@ -214,6 +214,8 @@ pub struct PubSubSource {
     claimer: Option<Claimer>,
     /// `ha: single`.
     lease: Option<Lease>,
+    /// Bytes a batch may hold.
+    budget: Budget,
 }
 
 /// `ha: single`: every instance subscribes, only the holder of the lease delivers. The holder
@@ -426,6 +428,7 @@ impl PubSubSource {
         rule: Arc<str>,
         stats: Arc<RuleStats>,
         status: Arc<RuleStatus>,
+        budget: Budget,
     ) -> Result<PubSubSource, SourceError> {
         let (name, pattern, buffer, overflow, claim, lease) = match &spec.kind {
             SourceSpecKind::Channel {
@@ -516,6 +519,7 @@ impl PubSubSource {
             task,
             claimer,
             lease,
+            budget,
         })
     }
 
@@ -559,8 +563,18 @@ impl PubSubSource {
                 if queue.is_empty() {
                     None
                 } else {
-                    let n = queue.len().min(BATCH);
-                    let batch: Vec<Message> = queue.drain(..n).collect();
+                    let mut batch: Vec<Message> = Vec::new();
+                    let mut total = 0usize;
+                    while batch.len() < BATCH
+                        && let Some(front) = queue.front_mut()
+                    {
+                        let cost = self.budget.admit(front);
+                        if !batch.is_empty() && total.saturating_add(cost) > self.budget.batch_bytes {
+                            break;
+                        }
+                        total = total.saturating_add(cost);
+                        batch.extend(queue.pop_front());
+                    }
                     let more = !queue.is_empty();
                     drop(queue);
                     self.shared.space.notify_waiters();

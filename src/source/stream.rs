@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, debug, info, warn};
 
-use super::{SourceError, bulk};
+use super::{Budget, SourceError, bulk};
 use crate::config::{ConnectionSpec, SourceSpec, SourceSpecKind};
 use crate::message::{Body, Message, Meta, SourceKind};
 use crate::redis_conn::{self, Conn};
@@ -84,6 +84,13 @@ pub struct StreamSource {
     /// Group mode: keeps this consumer's pending entries fresh (see [`Hold`]) for as long as the
     /// source lives; aborted when it is dropped.
     _hold: Option<AbortOnDropHandle<()>>,
+    /// Bytes a batch may hold.
+    budget: Budget,
+    /// Entries read beyond the budget of the batch handed out (pending for this consumer),
+    /// with their costs: the next batches, before anything is read.
+    held: VecDeque<(usize, Message)>,
+    /// Average cost of an entry of the last read: the next read asks for as many as fit.
+    average: usize,
 }
 
 /// A group consumer's hold on its pending entries, kept apart from its work.
@@ -175,7 +182,12 @@ impl StreamSource {
     ///
     /// # Errors
     /// When Redis cannot be reached or refuses the group.
-    pub async fn open(spec: &SourceSpec, rule: Arc<str>, stats: Arc<RuleStats>) -> Result<StreamSource, SourceError> {
+    pub async fn open(
+        spec: &SourceSpec,
+        rule: Arc<str>,
+        stats: Arc<RuleStats>,
+        budget: Budget,
+    ) -> Result<StreamSource, SourceError> {
         let SourceSpecKind::Stream {
             stream,
             group,
@@ -236,6 +248,9 @@ impl StreamSource {
             acks: VecDeque::new(),
             unacked: Vec::new(),
             _hold: None,
+            budget,
+            held: VecDeque::new(),
+            average: budget.batch_bytes / (*batch).max(1),
         };
         match &source.mode {
             Mode::Group { group, consumer, .. } => {
@@ -321,6 +336,9 @@ impl StreamSource {
     /// pending list and replayed at the next start; in tail mode the position advances only
     /// when a reply is taken.
     pub async fn recv(&mut self) -> Result<Vec<Message>, SourceError> {
+        if !self.held.is_empty() {
+            return Ok(self.budget.take(&mut self.held));
+        }
         match &self.mode {
             Mode::Group {
                 phase: Phase::Pending(_),
@@ -409,7 +427,7 @@ impl StreamSource {
             .arg(self.claim_idle.as_millis() as u64)
             .arg(&self.claim_cursor)
             .arg("COUNT")
-            .arg(self.batch)
+            .arg(self.count())
             .query_async(&mut self.conn)
             .await
             .map_err(self.err("XAUTOCLAIM"))?;
@@ -462,7 +480,7 @@ impl StreamSource {
         cmd.arg(&self.key).arg(group);
         cmd.arg(if start == "0" { "-" } else { start })
             .arg("+")
-            .arg(self.batch)
+            .arg(self.count())
             .arg(consumer);
         let reply: Value = cmd.query_async(&mut self.conn).await.map_err(self.err("XPENDING"))?;
         Ok(parse_pending(reply))
@@ -551,13 +569,13 @@ impl StreamSource {
         match &self.mode {
             Mode::Group { group, consumer, .. } => {
                 let mut cmd = redis::cmd("XREADGROUP");
-                cmd.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(self.batch);
+                cmd.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(self.count());
                 cmd.arg("BLOCK").arg(block_ms).arg("STREAMS").arg(&self.key).arg(">");
                 cmd
             }
             Mode::Tail { last_id } => {
                 let mut cmd = redis::cmd("XREAD");
-                cmd.arg("COUNT").arg(self.batch).arg("BLOCK").arg(block_ms);
+                cmd.arg("COUNT").arg(self.count()).arg("BLOCK").arg(block_ms);
                 cmd.arg("STREAMS").arg(&self.key).arg(last_id);
                 cmd
             }
@@ -614,7 +632,7 @@ impl StreamSource {
         if let (Some((last, _)), Mode::Tail { last_id }) = (entries.last(), &mut self.mode) {
             *last_id = last.clone();
         }
-        let full = entries.len() >= self.batch;
+        let full = entries.len() >= self.count();
         let batch = self.make_batch(entries, &HashMap::new(), &[]).await?;
         if full {
             // A full batch means a backlog: read the next one while this one is delivered, so
@@ -652,7 +670,18 @@ impl StreamSource {
             self.xack(vanished.iter().map(String::as_str)).await?;
         }
         RuleStats::add(&self.stats.received, batch.len() as u64);
+        if batch.is_empty() {
+            return Ok(batch);
+        }
+        let (batch, average) = self.budget.split(batch, &mut self.held);
+        self.average = average;
         Ok(batch)
+    }
+
+    /// Entries to ask for in one read: `batch`, fewer when entries are large (see
+    /// [`Budget::count`]).
+    fn count(&self) -> usize {
+        self.budget.count(self.average, self.batch)
     }
 
     fn message(&self, id: String, fields: Vec<(Vec<u8>, Vec<u8>)>, deliveries: u64) -> Message {
@@ -767,7 +796,9 @@ impl StreamSource {
     /// connection, the XACK on `ack_conn`).
     fn read_ahead(&mut self) {
         let reading_new = matches!(&self.mode, Mode::Tail { .. } | Mode::Group { phase: Phase::New, .. });
-        if reading_new && self.ahead.is_none() {
+        // Entries held beyond the budget are the next batches: reading more would only add to
+        // what is held.
+        if reading_new && self.ahead.is_none() && self.held.is_empty() {
             let cmd = self.read_cmd();
             let mut conn = self.conn.clone();
             let mut read: PendingRead = Box::pin(async move { cmd.query_async(&mut conn).await });
