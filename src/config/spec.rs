@@ -62,30 +62,9 @@ pub struct TlsSpec {
 }
 
 impl ConnectionSpec {
-    /// The URL with its password replaced by `***`, for logs and status.
+    /// The URL with its password replaced by `***`, for logs and status (see [`crate::mask::url`]).
     pub fn masked_url(&self) -> String {
-        mask_url(&self.url)
-    }
-}
-
-/// Replace the password of a URL (`scheme://user:pass@host`) by `***`.
-pub fn mask_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let masked = match userinfo.find(':') {
-                Some(colon) => format!("{}:***", &userinfo[..colon]),
-                None => "***".to_string(),
-            };
-            format!("{}://{}{}", &url[..scheme_end], masked, &rest[at..])
-        }
-        None => url.to_string(),
+        crate::mask::url(&self.url)
     }
 }
 
@@ -95,7 +74,10 @@ impl fmt::Debug for ConnectionSpec {
             .field("name", &self.name)
             .field("url", &self.masked_url())
             .field("cluster", &self.cluster)
-            .field("nodes", &self.nodes.iter().map(|n| mask_url(n)).collect::<Vec<_>>())
+            .field(
+                "nodes",
+                &self.nodes.iter().map(|n| crate::mask::url(n)).collect::<Vec<_>>(),
+            )
             .field("prefix", &self.prefix)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
@@ -411,17 +393,15 @@ pub struct WebhookSpec {
 
 impl fmt::Debug for WebhookSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Any header may carry a credential (`Authorization`, `X-Api-Key`, a vendor's own):
+        // names are shown, never values.
         let headers: Vec<(&str, &str)> = self
             .headers
             .iter()
-            .map(|(k, v)| {
-                let lower = k.to_ascii_lowercase();
-                let secret = lower == "authorization" || lower.contains("token") || lower.contains("key");
-                (k.as_str(), if secret { "***" } else { v.as_str() })
-            })
+            .map(|(k, _)| (k.as_str(), crate::mask::MASK))
             .collect();
         f.debug_struct("WebhookSpec")
-            .field("url", &mask_url(self.url.source()))
+            .field("url", &crate::mask::url(self.url.source()))
             .field("method", &self.method)
             .field("headers", &headers)
             .field("timeout", &self.timeout)
@@ -459,7 +439,7 @@ impl fmt::Display for SinkSpecKind {
             SinkSpecKind::Queue {
                 queue, laravel: None, ..
             } => write!(f, "queue {}", queue.source()),
-            SinkSpecKind::Webhook(w) => write!(f, "webhook {}", mask_url(w.url.source())),
+            SinkSpecKind::Webhook(w) => write!(f, "webhook {}", crate::mask::url(w.url.source())),
             SinkSpecKind::Queue {
                 queue,
                 laravel: Some(l),
@@ -505,25 +485,6 @@ impl Default for ErrorPolicy {
             backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
             dead_letter: DEFAULT_DEAD_LETTER.to_string(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn masks_passwords() {
-        let cases = [
-            ("redis://u:secret@h:6379/0", "redis://u:***@h:6379/0"),
-            ("redis://:secret@h", "redis://:***@h"),
-            ("rediss://secret@h", "rediss://***@h"),
-            ("redis://h:6379", "redis://h:6379"),
-            ("unix:///tmp/x", "unix:///tmp/x"),
-        ];
-        for (url, want) in cases {
-            assert_eq!(mask_url(url), want);
         }
     }
 }

@@ -230,7 +230,7 @@ fn connections(cx: &mut Ctx<'_>, raw: &RawFile) -> Connections {
                     seed.referenced,
                     format!(
                         "connection `{name}`: bad Redis URL `{}` ({e}); write e.g. `redis://127.0.0.1:6379/0` or `rediss://user:pass@host:6380`",
-                        mask_url(&text)
+                        crate::mask::url(&text)
                     ),
                 ),
                 Ok(client) if is_cluster && client.get_connection_info().redis_settings().db() != 0 => cx.err(
@@ -238,7 +238,7 @@ fn connections(cx: &mut Ctx<'_>, raw: &RawFile) -> Connections {
                     format!(
                         "connection `{name}`: a Redis Cluster has only database 0; remove the `/{}` from `{}`",
                         client.get_connection_info().redis_settings().db(),
-                        mask_url(&text)
+                        crate::mask::url(&text)
                     ),
                 ),
                 Ok(_) => urls.push(text),
@@ -897,7 +897,7 @@ fn webhook_spec(
                     key.referenced,
                     format!(
                         "webhook URL `{}` does not parse ({e}); write e.g. `https://example.com/hook`",
-                        mask_url(literal)
+                        crate::mask::url(literal)
                     ),
                 );
                 return None;
