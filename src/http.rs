@@ -113,7 +113,7 @@ async fn status(State(state): State<Arc<HttpState>>) -> Response {
                 .sinks
                 .iter()
                 .map(|s| {
-                    let label = s.kind.to_string();
+                    let label = s.label();
                     let c = stats.sink(&label);
                     json!({
                         "sink": crate::mask::text(&label),

@@ -155,7 +155,7 @@ fn main() -> ExitCode {
             match runtime.block_on(dlq(action)) {
                 Ok(code) => code,
                 Err(e) => {
-                    eprintln!("redis-router: {e:#}");
+                    eprintln!("redis-router: {}", redis_router::mask::text(&format!("{e:#}")));
                     ExitCode::FAILURE
                 }
             }
@@ -192,7 +192,7 @@ fn main() -> ExitCode {
             match runtime.block_on(run(&config, options)) {
                 Ok(code) => code,
                 Err(e) => {
-                    error!("{e:#}");
+                    error!("{}", redis_router::mask::text(&format!("{e:#}")));
                     ExitCode::FAILURE
                 }
             }

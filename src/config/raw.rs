@@ -119,6 +119,8 @@ pub(crate) struct RawSink {
     pub queue: Option<SpStr>,
     pub webhook: Option<SpStr>,
     pub connection: Option<SpStr>,
+    /// Shown instead of the sink's kind and target (a webhook URL may hold a token).
+    pub name: Option<SpStr>,
     // Stream options.
     pub maxlen: Option<Spanned<u64>>,
     pub fields: Option<Spanned<IndexMap<String, SpStr>>>,

@@ -116,7 +116,7 @@ pub struct RuleSpec {
 impl RuleSpec {
     /// `channel events:order -> stream processed_stream, publish x`.
     pub fn summary(&self) -> String {
-        let sinks: Vec<String> = self.sinks.iter().map(|s| s.kind.to_string()).collect();
+        let sinks: Vec<String> = self.sinks.iter().map(SinkSpec::label).collect();
         format!("{} -> {}", self.source.kind, sinks.join(", "))
     }
 
@@ -328,6 +328,9 @@ impl fmt::Display for SourceSpecKind {
 /// A sink and the connection it writes to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SinkSpec {
+    /// `name:` of the sink: shown instead of its kind and target (logs, `/status`, metric
+    /// labels, dead letters), so a webhook URL never has to be.
+    pub name: Option<String>,
     /// The Redis it writes to.
     pub connection: Arc<ConnectionSpec>,
     /// What it writes.
@@ -336,6 +339,18 @@ pub struct SinkSpec {
     pub filter: Option<Filter>,
     /// Retry and dead-letter policy (the rule's unless the sink overrides it).
     pub on_error: ErrorPolicy,
+}
+
+impl SinkSpec {
+    /// How the sink is shown and counted: its `name`, else its kind and target with any
+    /// secret masked (`stream processed_stream`, `webhook https://hooks.slack.com/services/***`).
+    /// Metric labels, dead letters' `sink` field and `dlq replay`'s matching use it.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(name) => name.clone(),
+            None => self.kind.to_string(),
+        }
+    }
 }
 
 /// The kinds of sink.

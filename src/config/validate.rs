@@ -361,6 +361,9 @@ fn rule_spec(cx: &mut Ctx<'_>, rule: &RawRule, at: Location, conns: &Connections
         .collect();
     let tests = rule.tests.iter().map(|t| t.value.clone()).collect();
     let sinks: Option<Vec<SinkSpec>> = sinks.into_iter().collect();
+    if let Some(sinks) = &sinks {
+        distinct_labels(cx, rule, sinks);
+    }
     let filter_ok = rule.filter.is_none() || filter.is_some();
     let transform_ok = rule.transform.is_none() || transform.is_some();
     if !filter_ok || !transform_ok || rule.sinks.is_empty() {
@@ -375,6 +378,33 @@ fn rule_spec(cx: &mut Ctx<'_>, rule: &RawRule, at: Location, conns: &Connections
         on_error: on_error?,
         tests,
     })
+}
+
+/// Two sinks of a rule that differ but show the same label (two webhooks whose URLs differ only
+/// in a masked token, or two sinks given one `name`) could not be told apart in metrics, dead
+/// letters and `dlq replay`; each needs a `name` of its own. Identical sinks may share a label:
+/// they are one target.
+fn distinct_labels(cx: &mut Ctx<'_>, rule: &RawRule, sinks: &[SinkSpec]) {
+    for (i, a) in sinks.iter().enumerate() {
+        let Some(j) = sinks[..i].iter().position(|b| b.label() == a.label()) else {
+            continue;
+        };
+        if sinks[j].kind == a.kind && sinks[j].name.is_none() {
+            continue;
+        }
+        let at = rule.sinks[i]
+            .value
+            .name
+            .as_ref()
+            .map_or(rule.sinks[i].referenced, |n| n.referenced);
+        cx.err(
+            at,
+            format!(
+                "sinks[{j}] and sinks[{i}] both show as `{}`; give each its own `name:` (it labels metrics and dead letters, and `dlq replay` finds the sink by it)",
+                a.label()
+            ),
+        );
+    }
 }
 
 fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) -> Option<SourceSpec> {
@@ -867,7 +897,23 @@ fn sink_spec(
             }
         }
     };
+    let name = match &s.name {
+        None => Some(None),
+        Some(n) => {
+            let v = cx.text(n)?;
+            if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
+                cx.err(
+                    n.referenced,
+                    "a sink name must be non-empty letters, digits, `-`, `_`, `.` or `:` (it names metrics, logs and dead letters)",
+                );
+                None
+            } else {
+                Some(Some(v))
+            }
+        }
+    };
     Some(SinkSpec {
+        name: name?,
         connection: connection?,
         kind,
         filter: filter?,

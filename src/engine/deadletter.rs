@@ -69,7 +69,7 @@ impl DeadLetters {
                     l.message.meta.rule,
                     l.stream,
                     l.reason,
-                    String::from_utf8_lossy(l.message.raw())
+                    crate::mask::escape(&String::from_utf8_lossy(l.message.raw()))
                 );
             }
             return Ok(());

@@ -93,7 +93,7 @@ impl Retry {
     async fn wait(&mut self, token: &CancellationToken, failed: &str, e: &(dyn std::fmt::Display + Sync)) -> bool {
         self.attempt += 1;
         let delay = backoff_delay(FIRST_RECONNECT_DELAY, MAX_RECONNECT_DELAY, self.attempt);
-        warn!(error = %e, attempt = self.attempt, delay_ms = delay.as_millis() as u64, "{failed}; retrying.");
+        warn!(error = %crate::mask::text(&e.to_string()), attempt = self.attempt, delay_ms = delay.as_millis() as u64, "{failed}; retrying.");
         sleep_or_cancel(token, delay).await
     }
 }
@@ -508,7 +508,7 @@ async fn deliver(
             count = retry.len(),
             attempt,
             delay_ms = delay.as_millis() as u64,
-            error = %last_error.map(|e| e.to_string()).unwrap_or_default(),
+            error = %last_error.map(|e| crate::mask::text(&e.to_string())).unwrap_or_default(),
             "Sink failed; retrying."
         );
         if !sleep_or_cancel(token, delay).await {
