@@ -159,6 +159,7 @@ pub(crate) struct RawLaravelSink {
 pub(crate) struct RawOnError {
     pub retry: Option<Spanned<RawRetry>>,
     pub dead_letter: Option<SpStr>,
+    pub dead_letter_max_payload: Option<Spanned<usize>>,
 }
 
 /// Retry schedule of a failing sink.

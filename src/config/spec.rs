@@ -491,6 +491,10 @@ pub struct ErrorPolicy {
     pub max_backoff: Duration,
     /// Stream that receives what could not be delivered.
     pub dead_letter: String,
+    /// Longest payload a dead letter keeps (`dead_letter_max_payload`, bytes); `None`, the
+    /// default, keeps it whole, since a dead letter is often the only copy left. A cut dead
+    /// letter is never replayed.
+    pub dead_letter_max_payload: Option<usize>,
 }
 
 impl Default for ErrorPolicy {
@@ -500,6 +504,7 @@ impl Default for ErrorPolicy {
             backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
             dead_letter: DEFAULT_DEAD_LETTER.to_string(),
+            dead_letter_max_payload: None,
         }
     }
 }

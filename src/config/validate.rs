@@ -225,6 +225,16 @@ fn connections(cx: &mut Ctx<'_>, raw: &RawFile) -> Connections {
         let mut urls = Vec::with_capacity(given);
         for seed in seeds {
             let Some(text) = cx.text(seed) else { continue };
+            if raw_reserved_in_userinfo(&text) {
+                cx.err(
+                    seed.referenced,
+                    format!(
+                        "connection `{name}`: the user or password in `{}` holds a character a URL reserves (`/`, `#` or `?`), so the URL does not say where the password ends; percent-encode it (`/` as `%2F`, `#` as `%23`, `?` as `%3F`, `%` as `%25`) or give it as `password:` (e.g. `password: \"${{REDIS_PASSWORD}}\"`)",
+                        crate::mask::url(&text)
+                    ),
+                );
+                continue;
+            }
             match redis::Client::open(text.as_str()) {
                 Err(e) => cx.err(
                     seed.referenced,
@@ -731,6 +741,27 @@ fn queue_format(cx: &mut Ctx<'_>, format: &Option<SpStr>) -> Option<Option<Queue
     }
 }
 
+/// Whether a Redis URL's userinfo holds a raw `/`, `#` or `?`: the URL then either does not
+/// parse or parses with the password's tail as its path, query or fragment (an `@` left
+/// after the authority). `@`, `:`, `+` and `%` (not followed by two hex digits) need no
+/// encoding: the last `@` ends the userinfo and the first `:` starts the password.
+fn raw_reserved_in_userinfo(text: &str) -> bool {
+    let Some((_, rest)) = text.split_once("://") else {
+        return false;
+    };
+    if !rest.contains('@') {
+        return false;
+    }
+    match url::Url::parse(text) {
+        Err(_) => rest.rfind('@').is_some_and(|at| rest[..at].contains(['/', '#', '?'])),
+        Ok(u) => {
+            u.path().contains('@')
+                || u.query().is_some_and(|q| q.contains('@'))
+                || u.fragment().is_some_and(|f| f.contains('@'))
+        }
+    }
+}
+
 fn is_stream_id(id: &str) -> bool {
     let mut parts = id.splitn(2, '-');
     let ms = parts.next().unwrap_or("");
@@ -1142,6 +1173,16 @@ fn error_policy(cx: &mut Ctx<'_>, raw: Option<&Spanned<RawOnError>>, inherited: 
             Some(d) => policy.dead_letter = d,
             None => ok = false,
         }
+    }
+    if let Some(max) = &raw.value.dead_letter_max_payload {
+        if max.value == 0 {
+            cx.err(
+                max.referenced,
+                "`dead_letter_max_payload` is in bytes and must be at least 1; remove it to keep payloads whole",
+            );
+            ok = false;
+        }
+        policy.dead_letter_max_payload = Some(max.value);
     }
     ok.then_some(policy)
 }

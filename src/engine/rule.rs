@@ -424,6 +424,7 @@ impl RuleLoop {
                             error: error.clone(),
                             sink: sink.map(|s| self.sinks[s].label()),
                             attempts: *attempts,
+                            max_payload: policy.dead_letter_max_payload,
                         }
                     },
                 )
