@@ -139,10 +139,12 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refusal::Missing(field) => write!(f, "corrupted: no `{field}` field"),
-            Refusal::Cut { stored, original } => write!(
-                f,
-                "payload cut: {stored} of {original} bytes kept (dead_letter_max_payload); only the source has it whole"
-            ),
+            Refusal::Cut { stored, original } => {
+                write!(
+                    f,
+                    "payload cut: {stored} of {original} bytes kept; the whole message is not here"
+                )
+            }
             Refusal::Corrupted(why) => write!(f, "corrupted: {why}"),
             Refusal::Unsigned => write!(
                 f,
