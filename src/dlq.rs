@@ -79,9 +79,13 @@ impl DeadLetterEntry {
     /// reach the terminal) and masked; `problem` when replay would keep it.
     pub fn summary(&self, problem: Option<&Refusal>) -> String {
         use crate::mask::{escape, text};
-        let payload = escape(&self.field("payload")).into_owned();
-        let short: String = payload.chars().take(80).collect();
-        let ellipsis = if payload.chars().count() > 80 { "…" } else { "" };
+        // The first 80 characters, read from the first bytes only: a payload may be megabytes.
+        const SHOWN_CHARS: usize = 80;
+        let payload = self.fields.get("payload").map_or(&[][..], Vec::as_slice);
+        let head = String::from_utf8_lossy(&payload[..payload.len().min(SHOWN_CHARS * 4)]);
+        let short: String = head.chars().take(SHOWN_CHARS).collect();
+        let ellipsis = if short.len() < payload.len() { "…" } else { "" };
+        let short = escape(&short);
         let sink = self.field("sink");
         let error = self.field("error");
         let mut line = format!(
