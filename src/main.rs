@@ -219,7 +219,10 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn print_config_error(e: &ConfigError) {
-    eprintln!("{e}");
+    // Each line through the masking module: a message may quote a value of the file.
+    for line in e.to_string().lines() {
+        eprintln!("{}", redis_router::mask::text(line));
+    }
     let n = e.diagnostics().len();
     if n > 0 {
         eprintln!("{n} error{} found.", if n == 1 { "" } else { "s" });
@@ -287,7 +290,7 @@ fn check(file: &Path, acl_user: Option<&str>) -> ExitCode {
             let case_errors = redis_router::testing::check(&set);
             if !case_errors.is_empty() {
                 for e in &case_errors {
-                    eprintln!("{}: {e}", file.display());
+                    eprintln!("{}: {}", file.display(), redis_router::mask::text(&e.to_string()));
                 }
                 eprintln!(
                     "{} error{} found.",
@@ -338,7 +341,7 @@ fn test(file: &Path) -> ExitCode {
         Ok(reports) => reports,
         Err(errors) => {
             for e in &errors {
-                eprintln!("{}: {e}", file.display());
+                eprintln!("{}: {}", file.display(), redis_router::mask::text(&e.to_string()));
             }
             let n = errors.len();
             eprintln!("{n} error{} found.", if n == 1 { "" } else { "s" });

@@ -1234,6 +1234,26 @@ mod tests {
                 "f.yaml:2:13: connection `c`: bad Redis URL `http://x`",
             ),
             (
+                "connections:\n  c: { url: \"redis://u:pa/ss@h:6379\" }\nrules: []\n",
+                "f.yaml:2:13: connection `c`: the user or password in `redis://u:***@h:6379` holds a character a URL reserves",
+            ),
+            (
+                "rules:\n  - name: a\n    source: { channel: x }\n    sinks:\n      - webhook: \"https://hooks.slack.com/services/T1/B1/AAA\"\n      - webhook: \"https://hooks.slack.com/services/T2/B2/BBB\"\n",
+                "f.yaml:6:9: rule \"a\": sinks[0] and sinks[1] both show as `webhook https://hooks.slack.com/services/***`; give each its own `name:`",
+            ),
+            (
+                "rules:\n  - name: a\n    source: { channel: x }\n    sinks:\n      - { stream: s, name: out }\n      - { stream: t, name: out }\n",
+                "f.yaml:6:28: rule \"a\": sinks[0] and sinks[1] both show as `out`",
+            ),
+            (
+                "rules:\n  - name: a\n    source: { channel: x }\n    sinks: [ { stream: s, name: \"a b\" } ]\n",
+                "f.yaml:4:33: rule \"a\": a sink name must be non-empty letters, digits",
+            ),
+            (
+                "rules:\n  - name: a\n    source: { channel: x }\n    on_error: { dead_letter_max_payload: 0 }\n    sinks: [ { stream: s } ]\n",
+                "f.yaml:4:42: rule \"a\": `dead_letter_max_payload` is in bytes and must be at least 1",
+            ),
+            (
                 "rules:\n  - name: a\n    source: { channel: x }\n    sinks: [ { stream: z } ]\n  - name: a\n    source: { channel: x }\n    sinks: [ { stream: z } ]\n",
                 "f.yaml:5:11: rule \"a\": duplicate rule name (first used on line 2)",
             ),

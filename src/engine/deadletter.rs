@@ -279,7 +279,7 @@ mod tests {
             !signature_matches(b"k", "dl2", &fields, sig.as_bytes()),
             "another stream"
         );
-        for (name, _) in &fields {
+        for name in fields.keys() {
             let mut changed = fields.clone();
             changed.insert(name.clone(), b"z".to_vec());
             assert!(
