@@ -38,6 +38,21 @@ rules:
     )
 }
 
+/// One rule and its webhook, in the rule file's oldest form (no `name`, whole payloads).
+fn plain_rules(hook: &str) -> String {
+    format!(
+        r#"
+connections:
+  default: {{ url: "${{REDIS_URL}}" }}
+rules:
+  - name: to-hook
+    source: {{ stream: "orders", group: router, start: oldest, batch: 20, block: 100ms }}
+    sinks:
+      - webhook: "{hook}"
+"#
+    )
+}
+
 /// `redis-router dlq ARGS -c FILE` with `REDIS_URL=url`.
 fn dlq(file: &Path, url: &str, args: &[&str]) -> Output {
     tokio::task::block_in_place(|| {
@@ -242,7 +257,7 @@ async fn dlq_list_and_replay_escape_control_characters_in_every_field() {
     let redis = RedisServer::start();
     let hook = HookServer::start().await;
     let mut conn = redis.conn().await;
-    let yaml = rules(&hook.url("/h"));
+    let yaml = plain_rules(&hook.url("/h"));
     let hostile: Vec<(String, Vec<u8>)> = vec![
         ("rule".into(), b"to-hook".to_vec()),
         ("reason".into(), b"bad\r\x1b[2K".to_vec()),
@@ -356,7 +371,7 @@ async fn dlq_pages_through_200000_dead_letters_in_bounded_memory() {
                 .arg("payload")
                 .arg(&payload)
                 .arg("sink")
-                .arg("orders-hook")
+                .arg("webhook http://127.0.0.1:9/h")
                 .ignore();
         }
         let _: () = pipe.query_async(&mut conn).await.unwrap();
@@ -365,7 +380,7 @@ async fn dlq_pages_through_200000_dead_letters_in_bounded_memory() {
     let last_id = last.ids[0].id.clone();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("routes.yaml");
-    std::fs::write(&file, rules("http://127.0.0.1:9/h")).unwrap();
+    std::fs::write(&file, plain_rules("http://127.0.0.1:9/h")).unwrap();
 
     let (code, lines, list_kib) = dlq_peak(&file, &redis.url(), &["list"]);
     assert_eq!(code, Some(0));
