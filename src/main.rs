@@ -219,10 +219,8 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn print_config_error(e: &ConfigError) {
-    // Each line through the masking module: a message may quote a value of the file.
-    for line in e.to_string().lines() {
-        eprintln!("{}", redis_router::mask::text(line));
-    }
+    // Validation masks the URLs it quotes (and its hints show `user:pass` as an example).
+    eprintln!("{e}");
     let n = e.diagnostics().len();
     if n > 0 {
         eprintln!("{n} error{} found.", if n == 1 { "" } else { "s" });
