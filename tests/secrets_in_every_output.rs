@@ -71,6 +71,16 @@ fn router(file: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// A child process killed when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn run(file: &Path, args: &[&str]) -> Output {
     tokio::task::block_in_place(|| router(file, args).output().expect("run redis-router"))
 }
@@ -151,12 +161,14 @@ rules:
     // a file outside the watched directory.
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("router.log");
-    let mut child = router(&file, &["run", "--listen", &format!("127.0.0.1:{listen}"), "-c"])
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn router");
+    let mut child = Killed(
+        router(&file, &["run", "--listen", &format!("127.0.0.1:{listen}"), "-c"])
+            .env("RUST_LOG", "trace")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn router"),
+    );
     wait_for("the rule to run", TIMEOUT, || async {
         let (status, _) = get(listen, "/readyz").await?;
         (status == 200).then_some(())
@@ -191,8 +203,8 @@ rules:
         assert_eq!(code, 200, "{path}: {body}");
         outputs.push((path.into(), body));
     }
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    let exit = tokio::task::block_in_place(|| child.wait()).unwrap();
+    let _ = Command::new("kill").arg("-TERM").arg(child.0.id().to_string()).status();
+    let exit = tokio::task::block_in_place(|| child.0.wait()).unwrap();
     assert!(exit.success(), "the router stops cleanly");
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("TRACE"), "trace logging was on");
@@ -213,12 +225,14 @@ rules:
 
     // --dry-run prints what the webhook would be sent.
     let dry_log = logs.path().join("dry.out");
-    let mut dry = router(&file, &["run", "--dry-run", "-c"])
-        .env("RUST_LOG", "trace")
-        .stdout(std::fs::File::create(&dry_log).unwrap())
-        .stderr(std::fs::File::create(logs.path().join("dry.err")).unwrap())
-        .spawn()
-        .expect("spawn dry run");
+    let mut dry = Killed(
+        router(&file, &["run", "--dry-run", "-c"])
+            .env("RUST_LOG", "trace")
+            .stdout(std::fs::File::create(&dry_log).unwrap())
+            .stderr(std::fs::File::create(logs.path().join("dry.err")).unwrap())
+            .spawn()
+            .expect("spawn dry run"),
+    );
     wait_subscribers(&mut admin, "in", 1).await;
     let _: i64 = admin.publish("in", payload).await.unwrap();
     let printed = wait_for("the dry run's webhook line", TIMEOUT, || async {
@@ -226,8 +240,8 @@ rules:
         out.lines().any(|l| l.contains("POST")).then_some(out)
     })
     .await;
-    let _ = Command::new("kill").arg("-TERM").arg(dry.id().to_string()).status();
-    tokio::task::block_in_place(|| dry.wait()).unwrap();
+    let _ = Command::new("kill").arg("-TERM").arg(dry.0.id().to_string()).status();
+    tokio::task::block_in_place(|| dry.0.wait()).unwrap();
     outputs.push(("run --dry-run (stdout)".into(), printed));
     outputs.push((
         "run --dry-run (log)".into(),
