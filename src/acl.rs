@@ -215,6 +215,10 @@ pub fn grants(set: &RuleSet) -> Vec<ServerGrants> {
             g.keys.insert(literal(sc, dl));
             g.command(&["xadd"]);
         }
+        // The key dead letters are signed with: created once (SET NX), read at each start.
+        let g = entry(&mut out, sc);
+        g.keys.insert(literal(sc, crate::engine::deadletter::SIGNING_KEY));
+        g.command(&["set", "get"]);
         for sink in &rule.sinks {
             let c = &sink.connection;
             match &sink.kind {
@@ -287,7 +291,7 @@ mod tests {
         assert_eq!(g[0].connections, ["laravel", "default"]);
         assert_eq!(
             g[0].grants.setuser("router", "pw"),
-            "ACL SETUSER router reset on >pw ~laravel_database_queues:to-b ~laravel_database_queues:to-b:notify ~laravel_database_redis-router:dead-letter ~processed_stream &laravel_database_events:order -@all +ping +eval +rpush +subscribe +unsubscribe +xadd"
+            "ACL SETUSER router reset on >pw ~laravel_database_queues:to-b ~laravel_database_queues:to-b:notify ~laravel_database_redis-router:dead-letter ~laravel_database_redis-router:dead-letter-key ~processed_stream &laravel_database_events:order -@all +ping +eval +get +rpush +set +subscribe +unsubscribe +xadd"
         );
     }
 }

@@ -1,25 +1,39 @@
 //! `redis-router dlq`: list dead letters, and replay them to the sink that failed.
 //!
 //! The dead-letter streams are found from the rule file (each rule's `dead_letter`, and its
-//! sinks' own, on the rule's source connection). Replay rebuilds the message from the stored
-//! payload, applies the rule's transform again, sends it to the sink named in the entry, and
-//! deletes the entry (XDEL) once that sink took it. Entries that no sink failed (a payload that
-//! is not JSON, a filter error) cannot be replayed to a sink; they are reported and kept.
+//! sinks' own, on the rule's source connection). Both commands page through a stream (XRANGE
+//! with COUNT, the page shrinking when its entries are large), so memory stays bounded by a
+//! page whatever the stream's length; `--id` reads the named entries directly.
+//!
+//! Replay trusts nothing it reads: an entry is sent only when its payload is whole (not cut,
+//! its length and SHA-256 as written), its signature verifies with the connection's signing
+//! key ([`deadletter::SIGNING_KEY`]) and its rule writes its dead letters to the stream it is
+//! in. Then the message is rebuilt from the stored payload, the rule's transform applied
+//! again, sent to the sink named in the entry, and the entry deleted (XDEL) once that sink
+//! took it. Every entry kept is reported with why.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use redis::Value;
+use sha2::{Digest, Sha256};
 
 use crate::config::{ConnectionSpec, RuleSet, RuleSpec};
+use crate::engine::deadletter;
 use crate::keys::ReservedNames;
 use crate::message::{Body, Message, Meta, SourceKind};
 use crate::redis_conn::{self, Conn};
 use crate::sink::Sink;
 
-/// Entries read per XRANGE call.
-const PAGE: usize = 1000;
+/// Most entries read per XRANGE call.
+const MAX_PAGE: usize = 1000;
+/// Entries read by the first XRANGE call.
+const FIRST_PAGE: usize = 100;
+/// What a page should hold at most, in payload bytes: the next page's COUNT is scaled to it
+/// from the last page's average entry (at least one entry, however large).
+const PAGE_BYTES: usize = 8 * 1024 * 1024;
 /// Messages sent to a sink per call during replay.
 const REPLAY_BATCH: usize = 100;
 
@@ -62,31 +76,99 @@ impl DeadLetterEntry {
             .unwrap_or_default()
     }
 
-    /// One line for `dlq list`.
-    pub fn summary(&self) -> String {
-        let payload = self.field("payload");
-        let short: String = payload.chars().take(80).collect();
-        let ellipsis = if payload.chars().count() > 80 { "…" } else { "" };
+    /// One line for `dlq list`: every field escaped (a payload's control characters cannot
+    /// reach the terminal) and masked; `problem` when replay would keep it.
+    pub fn summary(&self, problem: Option<&Refusal>) -> String {
+        use crate::mask::{escape, text};
+        // The first 80 characters, read from the first bytes only: a payload may be megabytes.
+        const SHOWN_CHARS: usize = 80;
+        let payload = self.fields.get("payload").map_or(&[][..], Vec::as_slice);
+        let head = String::from_utf8_lossy(&payload[..payload.len().min(SHOWN_CHARS * 4)]);
+        let short: String = head.chars().take(SHOWN_CHARS).collect();
+        let ellipsis = if short.len() < payload.len() { "…" } else { "" };
+        let short = escape(&short);
         let sink = self.field("sink");
         let error = self.field("error");
-        format!(
-            "{} {} rule={} {}reason=\"{}\"{} source_id={} payload={short}{ellipsis}",
-            self.stream,
-            self.id,
-            self.field("rule"),
-            if sink.is_empty() {
-                String::new()
-            } else {
-                format!("sink=\"{sink}\" ")
-            },
-            self.field("reason"),
-            if error.is_empty() {
-                String::new()
-            } else {
-                format!(" error=\"{error}\"")
-            },
-            self.field("source_id"),
-        )
+        let mut line = format!(
+            "{} {} rule={}",
+            escape(&self.stream),
+            escape(&self.id),
+            escape(&self.field("rule"))
+        );
+        if !sink.is_empty() {
+            line.push_str(&format!(" sink=\"{}\"", text(&sink)));
+        }
+        line.push_str(&format!(" reason=\"{}\"", text(&self.field("reason"))));
+        if !error.is_empty() {
+            line.push_str(&format!(" error=\"{}\"", text(&error)));
+        }
+        line.push_str(&format!(" source_id={}", escape(&self.field("source_id"))));
+        if let Some(p) = problem {
+            line.push_str(&format!(" not_replayable=\"{p}\""));
+        }
+        line.push_str(&format!(" payload={short}{ellipsis}"));
+        line
+    }
+}
+
+/// Why replay keeps a dead letter without sending it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A field replay needs is missing.
+    Missing(&'static str),
+    /// The payload was cut when the dead letter was written, or is shorter than written.
+    Cut {
+        /// Bytes stored.
+        stored: usize,
+        /// Bytes the message had.
+        original: usize,
+    },
+    /// The payload is not what was written: longer than written, a SHA-256 that differs,
+    /// or a length that is not a number.
+    Corrupted(String),
+    /// No signature (written by a router before dead letters were signed, or by someone
+    /// else); replayed only with `--accept-unsigned`.
+    Unsigned,
+    /// Signed, but not by this router's key for this stream, or edited since.
+    BadSignature,
+    /// The connection holds no signing key, so no signature can be checked.
+    NoKey,
+    /// The entry names a rule (or sink) that writes its dead letters elsewhere.
+    WrongStream {
+        /// Where the rule's dead letters go.
+        expected: String,
+    },
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Missing(field) => write!(f, "corrupted: no `{field}` field"),
+            Refusal::Cut { stored, original } => {
+                write!(
+                    f,
+                    "payload cut: {stored} of {original} bytes kept; the whole message is not here"
+                )
+            }
+            Refusal::Corrupted(why) => write!(f, "corrupted: {why}"),
+            Refusal::Unsigned => write!(
+                f,
+                "unsigned: written by an older router or by something else; `--accept-unsigned` replays it"
+            ),
+            Refusal::BadSignature => write!(
+                f,
+                "forged or edited: its signature does not match this router's key for this stream"
+            ),
+            Refusal::NoKey => write!(
+                f,
+                "cannot verify: the signing key {} is missing on this Redis",
+                deadletter::SIGNING_KEY
+            ),
+            Refusal::WrongStream { expected } => write!(
+                f,
+                "forged: its rule writes its dead letters to `{expected}`, not to this stream"
+            ),
+        }
     }
 }
 
@@ -120,88 +202,293 @@ fn streams(set: &RuleSet, rule: Option<&str>) -> Result<Vec<DeadStream>, DlqErro
     Ok(out)
 }
 
-async fn connect(d: &DeadStream) -> Result<Conn, DlqError> {
-    redis_conn::manager(&d.connection, Duration::ZERO)
-        .await
-        .map_err(|source| DlqError::Redis {
-            op: "connect",
-            key: d.key.clone(),
-            source,
-        })
+/// An open dead-letter stream: its connection and signing key.
+struct Opened<'a> {
+    stream: &'a DeadStream,
+    conn: Conn,
+    key: Option<Vec<u8>>,
 }
 
-async fn read_all(conn: &mut Conn, d: &DeadStream) -> Result<Vec<DeadLetterEntry>, DlqError> {
-    let key = redis_conn::prefixed(&d.connection, &d.key);
-    let mut out = Vec::new();
-    let mut start = "-".to_string();
-    loop {
-        let reply: Value = redis::cmd("XRANGE")
-            .arg(&key)
-            .arg(&start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(PAGE)
-            .query_async(conn)
+impl<'a> Opened<'a> {
+    async fn open(d: &'a DeadStream) -> Result<Opened<'a>, DlqError> {
+        let redis_err = |op| {
+            let key = d.key.clone();
+            move |source| DlqError::Redis { op, key, source }
+        };
+        let mut conn = redis_conn::manager(&d.connection, Duration::ZERO)
             .await
-            .map_err(|source| DlqError::Redis {
-                op: "XRANGE",
-                key: d.key.clone(),
-                source,
-            })?;
-        let Value::Array(items) = reply else { break };
-        let n = items.len();
-        for item in items {
-            let Value::Array(mut pair) = item else { continue };
-            if pair.len() != 2 {
-                continue;
-            }
-            let fields = pair.pop();
-            let id = pair
-                .pop()
-                .and_then(crate::source::bulk)
-                .and_then(|b| String::from_utf8(b).ok())
-                .unwrap_or_default();
-            let mut map = BTreeMap::new();
-            if let Some(Value::Array(flat)) = fields {
-                let mut it = flat.into_iter();
-                while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    let k = crate::source::bulk(k).map(|b| String::from_utf8_lossy(&b).into_owned());
-                    if let (Some(k), Some(v)) = (k, crate::source::bulk(v)) {
-                        map.insert(k, v);
-                    }
-                }
-            }
-            start = format!("({id}");
-            out.push(DeadLetterEntry {
-                stream: d.key.clone(),
-                id,
-                fields: map,
-            });
-        }
-        if n < PAGE {
-            break;
+            .map_err(redis_err("connect"))?;
+        let key = deadletter::signing_key(&mut conn, &d.connection, false)
+            .await
+            .map_err(redis_err("GET signing key"))?;
+        Ok(Opened { stream: d, conn, key })
+    }
+
+    fn err(&self, op: &'static str) -> impl FnOnce(redis::RedisError) -> DlqError + use<'_> {
+        move |source| DlqError::Redis {
+            op,
+            key: self.stream.key.clone(),
+            source,
         }
     }
-    Ok(out)
+
+    fn redis_key(&self) -> String {
+        redis_conn::prefixed(&self.stream.connection, &self.stream.key)
+    }
+
+    /// Entries in the stream (an upper bound of what a command will look at, for progress).
+    async fn len(&mut self) -> Result<usize, DlqError> {
+        let key = self.redis_key();
+        redis::cmd("XLEN")
+            .arg(key)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.err("XLEN"))
+    }
+
+    /// XRANGE `start` `end` COUNT `count`.
+    async fn range(&mut self, start: &str, end: &str, count: usize) -> Result<Vec<DeadLetterEntry>, DlqError> {
+        let key = self.redis_key();
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(key)
+            .arg(start)
+            .arg(end)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.err("XRANGE"))?;
+        Ok(parse_entries(&self.stream.key, reply))
+    }
+
+    /// Delete delivered entries.
+    async fn delete(&mut self, ids: &[String]) -> Result<(), DlqError> {
+        let key = self.redis_key();
+        let _: i64 = redis::cmd("XDEL")
+            .arg(key)
+            .arg(ids)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(self.err("XDEL"))?;
+        Ok(())
+    }
 }
 
-/// Every dead letter of the file's rules (or of one rule), oldest first per stream.
+fn parse_entries(stream: &str, reply: Value) -> Vec<DeadLetterEntry> {
+    let Value::Array(items) = reply else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(mut pair) = item else { continue };
+        if pair.len() != 2 {
+            continue;
+        }
+        let fields = pair.pop();
+        let id = pair
+            .pop()
+            .and_then(crate::source::bulk)
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default();
+        let mut map = BTreeMap::new();
+        if let Some(Value::Array(flat)) = fields {
+            let mut it = flat.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                let k = crate::source::bulk(k).map(|b| String::from_utf8_lossy(&b).into_owned());
+                if let (Some(k), Some(v)) = (k, crate::source::bulk(v)) {
+                    map.insert(k, v);
+                }
+            }
+        }
+        out.push(DeadLetterEntry {
+            stream: stream.to_string(),
+            id,
+            fields: map,
+        });
+    }
+    out
+}
+
+/// Which entries a command looks at: every one of the stream, page by page, or the ids given.
+enum Selection<'a> {
+    All { next: String, count: usize, done: bool },
+    Ids(std::slice::Iter<'a, String>),
+}
+
+impl<'a> Selection<'a> {
+    fn new(ids: &'a [String]) -> Selection<'a> {
+        if ids.is_empty() {
+            Selection::All {
+                next: "-".into(),
+                count: FIRST_PAGE,
+                done: false,
+            }
+        } else {
+            Selection::Ids(ids.iter())
+        }
+    }
+
+    /// The next page; empty when there is none.
+    async fn next(&mut self, s: &mut Opened<'_>) -> Result<Vec<DeadLetterEntry>, DlqError> {
+        match self {
+            Selection::Ids(ids) => {
+                // An id the stream does not hold reads as nothing; an id that is not one at
+                // all is an error from Redis, reported as such.
+                for id in ids.by_ref() {
+                    let page = s.range(id, id, 1).await?;
+                    if !page.is_empty() {
+                        return Ok(page);
+                    }
+                }
+                Ok(Vec::new())
+            }
+            Selection::All { next, count, done } => {
+                if *done {
+                    return Ok(Vec::new());
+                }
+                let page = s.range(next, "+", *count).await?;
+                if page.len() < *count {
+                    *done = true;
+                }
+                if let Some(last) = page.last() {
+                    *next = format!("({}", last.id);
+                }
+                let bytes: usize = page
+                    .iter()
+                    .map(|e| e.fields.values().map(Vec::len).sum::<usize>())
+                    .sum();
+                let per_entry = (bytes / page.len().max(1)).max(1);
+                *count = (PAGE_BYTES / per_entry).clamp(1, MAX_PAGE);
+                Ok(page)
+            }
+        }
+    }
+}
+
+/// Whether the entry can be replayed as it stands: whole, signed by this router for this
+/// stream, and in the stream its rule (or sink) writes to. `rule` is the rule it names,
+/// `sink` the index of the sink it names in that rule, when found.
+fn verify(
+    e: &DeadLetterEntry,
+    key: Option<&[u8]>,
+    stream: &DeadStream,
+    rule: &RuleSpec,
+    sink: Option<usize>,
+    accept_unsigned: bool,
+) -> Result<(), Refusal> {
+    for field in ["rule", "source", "payload"] {
+        if !e.fields.contains_key(field) {
+            return Err(Refusal::Missing(field));
+        }
+    }
+    let stored = e.fields.get("payload").map_or(0, Vec::len);
+    let number = |name: &str| -> Result<Option<usize>, Refusal> {
+        match e.fields.get(name) {
+            None => Ok(None),
+            Some(v) => std::str::from_utf8(v)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .map(Some)
+                .ok_or_else(|| Refusal::Corrupted(format!("`{name}` is not a number"))),
+        }
+    };
+    if let Some(original) = number("payload_truncated_from")? {
+        return Err(Refusal::Cut { stored, original });
+    }
+    let signed = e.fields.contains_key("signature");
+    match (number("payload_len")?, e.fields.get("payload_sha256")) {
+        (Some(len), Some(sha)) => {
+            if stored < len {
+                return Err(Refusal::Cut { stored, original: len });
+            }
+            if stored > len {
+                return Err(Refusal::Corrupted(format!(
+                    "the payload is {stored} bytes, written as {len}"
+                )));
+            }
+            let payload = e.fields.get("payload").map_or(&[][..], Vec::as_slice);
+            if hex::encode(Sha256::digest(payload)).as_bytes() != sha.as_slice() {
+                return Err(Refusal::Corrupted(
+                    "the payload's SHA-256 is not the one written with it".into(),
+                ));
+            }
+        }
+        (None, None) if !signed => {}
+        (None, _) => return Err(Refusal::Missing("payload_len")),
+        (_, None) => return Err(Refusal::Missing("payload_sha256")),
+    }
+    match (e.fields.get("signature"), key) {
+        (None, _) if accept_unsigned => {}
+        (None, _) => return Err(Refusal::Unsigned),
+        (Some(_), None) => return Err(Refusal::NoKey),
+        (Some(sig), Some(key)) => {
+            if !deadletter::signature_matches(key, &stream.key, &e.fields, sig) {
+                return Err(Refusal::BadSignature);
+            }
+        }
+    }
+    let expected = match sink {
+        Some(i) => &rule.sinks[i].on_error.dead_letter,
+        None => &rule.on_error.dead_letter,
+    };
+    if *expected != stream.key || *rule.source.connection != *stream.connection {
+        return Err(Refusal::WrongStream {
+            expected: expected.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The sink of `rule` an entry names: by its label (`name`, or kind and masked target), or,
+/// for dead letters written before sinks were masked and named, by its kind and target as
+/// they were written, masked now.
+fn find_sink(rule: &RuleSpec, e: &DeadLetterEntry) -> Option<usize> {
+    let named = e.field("sink");
+    if named.is_empty() {
+        return None;
+    }
+    rule.sinks.iter().position(|s| s.label() == named).or_else(|| {
+        let masked = crate::mask::text(&named);
+        rule.sinks.iter().position(|s| s.kind.to_string() == masked)
+    })
+}
+
+/// Every dead letter of the file's rules (or of one rule), oldest first per stream, page by
+/// page: `each(entry, problem)` is called for each, `problem` saying why replay would keep it.
+/// Returns how many there were.
 ///
 /// # Errors
 /// [`DlqError`] when Redis cannot be read or `rule` is unknown.
-pub async fn list(set: &RuleSet, rule: Option<&str>) -> Result<Vec<DeadLetterEntry>, DlqError> {
-    let mut out = Vec::new();
+pub async fn list(
+    set: &RuleSet,
+    rule: Option<&str>,
+    mut each: impl FnMut(&DeadLetterEntry, Option<&Refusal>),
+) -> Result<usize, DlqError> {
+    let mut n = 0;
     for d in streams(set, rule)? {
-        let mut conn = connect(&d).await?;
-        let entries = read_all(&mut conn, &d).await?;
-        out.extend(
-            entries
-                .into_iter()
-                .filter(|e| set.rules.iter().any(|r| r.name == e.field("rule")))
-                .filter(|e| rule.is_none_or(|r| e.field("rule") == r)),
-        );
+        let mut s = Opened::open(&d).await?;
+        let mut pages = Selection::new(&[]);
+        loop {
+            let page = pages.next(&mut s).await?;
+            if page.is_empty() {
+                break;
+            }
+            for e in &page {
+                let name = e.field("rule");
+                let Some(r) = set.rules.iter().find(|r| r.name == name) else {
+                    continue;
+                };
+                if rule.is_some_and(|want| want != name) {
+                    continue;
+                }
+                let sink = find_sink(r, e);
+                let problem = verify(e, s.key.as_deref(), &d, r, sink, false).err();
+                each(e, problem.as_ref());
+                n += 1;
+            }
+        }
     }
-    Ok(out)
+    Ok(n)
 }
 
 /// What a replay did.
@@ -213,105 +500,184 @@ pub struct ReplayReport {
     pub failed: usize,
     /// Not sink failures, or their sink is no longer in the rule (kept).
     pub skipped: usize,
+    /// Cut, corrupted, unsigned or forged (kept, never sent).
+    pub refused: usize,
+}
+
+/// One dead letter replay kept, and why.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    /// Its stream.
+    pub stream: String,
+    /// Its id.
+    pub id: String,
+    /// The rule it names.
+    pub rule: String,
+    /// Why it is kept.
+    pub why: String,
+}
+
+impl fmt::Display for Kept {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::mask::{escape, text};
+        write!(
+            f,
+            "kept {} {} rule={}: {}",
+            escape(&self.stream),
+            escape(&self.id),
+            escape(&self.rule),
+            text(&self.why)
+        )
+    }
+}
+
+/// How `replay` is asked to work.
+#[derive(Debug, Default, Clone)]
+pub struct ReplayOptions<'a> {
+    /// Only this rule's dead letters.
+    pub rule: Option<&'a str>,
+    /// Only these entry ids.
+    pub ids: &'a [String],
+    /// Replay entries without a signature (written before dead letters were signed) when
+    /// they are otherwise whole and in their rule's stream.
+    pub accept_unsigned: bool,
 }
 
 /// Replay dead letters (all of the file's rules, one rule, or the given entry ids) to the sink
-/// that failed them; `progress(done, total)` is called after each batch.
+/// that failed them, a page at a time. `kept(entry)` is called for each entry left in the
+/// stream, with why; `progress(done, total)` after each page (`total` counts the streams'
+/// entries, an upper bound).
 ///
 /// # Errors
 /// [`DlqError`] when Redis cannot be read or `rule` is unknown.
 pub async fn replay(
     set: &RuleSet,
-    rule: Option<&str>,
-    ids: &[String],
+    options: &ReplayOptions<'_>,
+    mut kept: impl FnMut(Kept),
     mut progress: impl FnMut(usize, usize),
 ) -> Result<ReplayReport, DlqError> {
     let mut report = ReplayReport::default();
     let mut sinks: HashMap<(String, usize), Sink> = HashMap::new();
     let reserved = Arc::new(ReservedNames::new(set.reserved.clone()));
-    for d in streams(set, rule)? {
-        let mut conn = connect(&d).await?;
-        let entries: Vec<DeadLetterEntry> = read_all(&mut conn, &d)
-            .await?
-            .into_iter()
-            .filter(|e| rule.is_none_or(|r| e.field("rule") == r))
-            .filter(|e| ids.is_empty() || ids.contains(&e.id))
-            .filter(|e| set.rules.iter().any(|r| r.name == e.field("rule")))
-            .collect();
-        let total = entries.len();
-        // Group by (rule, sink index), keeping order within each group.
-        let mut groups: BTreeMap<(String, usize), Vec<&DeadLetterEntry>> = BTreeMap::new();
-        for e in &entries {
-            let Some(r) = set.rules.iter().find(|r| r.name == e.field("rule")) else {
-                report.skipped += 1;
-                continue;
-            };
-            match r.sinks.iter().position(|s| s.kind.to_string() == e.field("sink")) {
-                Some(i) => groups.entry((r.name.clone(), i)).or_default().push(e),
-                None => report.skipped += 1,
+    let dead = streams(set, options.rule)?;
+    let mut opened = Vec::with_capacity(dead.len());
+    let mut total = 0;
+    for d in &dead {
+        let mut s = Opened::open(d).await?;
+        total += if options.ids.is_empty() {
+            s.len().await?
+        } else {
+            options.ids.len()
+        };
+        opened.push(s);
+    }
+    let mut done = 0;
+    for s in &mut opened {
+        let mut pages = Selection::new(options.ids);
+        loop {
+            let page = pages.next(s).await?;
+            if page.is_empty() {
+                break;
             }
-        }
-        let mut done = report.skipped;
-        for ((rule_name, sink_idx), group) in groups {
-            let Some(r) = set.rules.iter().find(|r| r.name == rule_name) else {
-                continue;
+            done += page.len();
+            let mut keep = |e: &DeadLetterEntry, why: String| {
+                kept(Kept {
+                    stream: e.stream.clone(),
+                    id: e.id.clone(),
+                    rule: e.field("rule"),
+                    why,
+                })
             };
-            let key = (rule_name.clone(), sink_idx);
-            if !sinks.contains_key(&key) {
-                match Sink::open(&r.sinks[sink_idx], reserved.clone()).await {
-                    Ok(s) => {
-                        sinks.insert(key.clone(), s);
-                    }
-                    Err(e) => {
-                        tracing::error!(rule = %rule_name, error = %e, "Cannot open the sink; its dead letters are kept.");
-                        report.failed += group.len();
-                        done += group.len();
-                        progress(done, total);
-                        continue;
+            // Group by (rule, sink index), keeping order within each group.
+            let mut groups: BTreeMap<(String, usize), Vec<&DeadLetterEntry>> = BTreeMap::new();
+            for e in &page {
+                let name = e.field("rule");
+                if options.rule.is_some_and(|want| want != name) {
+                    continue;
+                }
+                let Some(r) = set.rules.iter().find(|r| r.name == name) else {
+                    // Another file's rule: not ours to judge or send.
+                    continue;
+                };
+                let sink = find_sink(r, e);
+                if let Err(why) = verify(e, s.key.as_deref(), s.stream, r, sink, options.accept_unsigned) {
+                    report.refused += 1;
+                    keep(e, why.to_string());
+                    continue;
+                }
+                match sink {
+                    Some(i) => groups.entry((r.name.clone(), i)).or_default().push(e),
+                    None => {
+                        report.skipped += 1;
+                        let why = if e.field("sink").is_empty() {
+                            format!("no sink failed it ({})", e.field("reason"))
+                        } else {
+                            format!("its sink `{}` is no longer in the rule", e.field("sink"))
+                        };
+                        keep(e, why);
                     }
                 }
             }
-            let Some(sink) = sinks.get_mut(&key) else { continue };
-            for chunk in group.chunks(REPLAY_BATCH) {
-                let messages: Vec<Option<Message>> = chunk.iter().map(|e| rebuild(r, e)).collect();
-                let sendable: Vec<&Message> = messages.iter().flatten().collect();
-                let results = sink.send(&sendable).await;
-                let mut results = results.into_iter();
-                let mut delete = Vec::new();
-                for (e, m) in chunk.iter().zip(&messages) {
-                    match m.as_ref().map(|_| results.next()) {
-                        Some(Some(Ok(()))) => delete.push(e.id.clone()),
-                        Some(Some(Err(err))) => {
-                            tracing::warn!(id = %e.id, error = %err, "Replay failed; the dead letter is kept.");
-                            report.failed += 1;
+            for ((rule_name, sink_idx), group) in groups {
+                let Some(r) = set.rules.iter().find(|r| r.name == rule_name) else {
+                    continue;
+                };
+                let key = (rule_name.clone(), sink_idx);
+                if !sinks.contains_key(&key) {
+                    match Sink::open(&r.sinks[sink_idx], reserved.clone()).await {
+                        Ok(opened) => {
+                            sinks.insert(key.clone(), opened);
                         }
-                        _ => report.failed += 1,
+                        Err(err) => {
+                            let why = format!("cannot open its sink: {err}");
+                            for e in &group {
+                                keep(e, why.clone());
+                            }
+                            report.failed += group.len();
+                            continue;
+                        }
                     }
                 }
-                if !delete.is_empty() {
-                    let key = redis_conn::prefixed(&d.connection, &d.key);
-                    let _: i64 = redis::cmd("XDEL")
-                        .arg(&key)
-                        .arg(&delete)
-                        .query_async(&mut conn)
-                        .await
-                        .map_err(|source| DlqError::Redis {
-                            op: "XDEL",
-                            key: d.key.clone(),
-                            source,
-                        })?;
-                    report.replayed += delete.len();
+                let Some(sink) = sinks.get_mut(&key) else { continue };
+                for chunk in group.chunks(REPLAY_BATCH) {
+                    let messages: Vec<Result<Message, String>> = chunk.iter().map(|e| rebuild(r, e)).collect();
+                    let sendable: Vec<&Message> = messages.iter().filter_map(|m| m.as_ref().ok()).collect();
+                    let mut results = sink.send(&sendable).await.into_iter();
+                    let mut delete = Vec::new();
+                    for (e, m) in chunk.iter().zip(&messages) {
+                        match m {
+                            Err(why) => {
+                                report.failed += 1;
+                                keep(e, why.clone());
+                            }
+                            Ok(_) => match results.next() {
+                                Some(Ok(())) => delete.push(e.id.clone()),
+                                Some(Err(err)) => {
+                                    report.failed += 1;
+                                    keep(e, format!("the sink failed again: {err}"));
+                                }
+                                None => {
+                                    report.failed += 1;
+                                    keep(e, "the sink gave no result".into());
+                                }
+                            },
+                        }
+                    }
+                    if !delete.is_empty() {
+                        s.delete(&delete).await?;
+                        report.replayed += delete.len();
+                    }
                 }
-                done += chunk.len();
-                progress(done, total);
             }
+            progress(done, total.max(done));
         }
     }
     Ok(report)
 }
 
-/// The message a dead letter stood for, transformed again as the rule does.
-fn rebuild(rule: &RuleSpec, e: &DeadLetterEntry) -> Option<Message> {
+/// The message a dead letter stood for, transformed again as the rule does; why not, when the
+/// transform fails on it.
+fn rebuild(rule: &RuleSpec, e: &DeadLetterEntry) -> Result<Message, String> {
     let source = match e.field("source").as_str() {
         "pattern" => SourceKind::Pattern,
         "stream" => SourceKind::Stream,
@@ -332,13 +698,10 @@ fn rebuild(rule: &RuleSpec, e: &DeadLetterEntry) -> Option<Message> {
     };
     let msg = Message::new(Body::Bytes(e.fields.get("payload").cloned().unwrap_or_default()), meta);
     match &rule.transform {
-        None => Some(msg),
+        None => Ok(msg),
         Some(t) => match t.apply(&msg) {
-            Ok(v) => Some(Message::from_json(v, msg.meta.clone())),
-            Err(err) => {
-                tracing::warn!(id = %e.id, error = %err, "The rule's transform fails on this payload; kept.");
-                None
-            }
+            Ok(v) => Ok(Message::from_json(v, msg.meta.clone())),
+            Err(err) => Err(format!("the rule's transform fails on this payload: {err}")),
         },
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Off unless `http.listen` or `--listen` asks for it. It only reads: counters, rule states and
 //! the reload state; it cannot change anything, and it never shows a password (URLs are masked,
-//! errors are scrubbed of `scheme://user:pass@` credentials).
+//! errors go through [`crate::mask::text`]).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{RuleSpec, SourceSpecKind, mask_url};
+use crate::config::{RuleSpec, SourceSpecKind};
 use crate::engine::reload::ReloadStats;
 use crate::stats::{RuleState, RuleStats, RuleStatus, StatsRegistry};
 
@@ -89,27 +89,6 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
     }
 }
 
-/// Replace `user:pass@` after any `://` in free text by `user:***@`.
-pub fn scrub(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find("://") {
-        let start = rest[..pos]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.'))
-            .map(|i| i + 1)
-            .unwrap_or(0);
-        out.push_str(&rest[..start]);
-        let url_end = rest[pos..]
-            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == ')' || c == ',')
-            .map(|i| pos + i)
-            .unwrap_or(rest.len());
-        out.push_str(&mask_url(&rest[start..url_end]));
-        rest = &rest[url_end..];
-    }
-    out.push_str(rest);
-    out
-}
-
 fn counters(stats: &RuleStats) -> Value {
     let mut map = serde_json::Map::new();
     for (k, v) in stats.snapshot() {
@@ -134,10 +113,10 @@ async fn status(State(state): State<Arc<HttpState>>) -> Response {
                 .sinks
                 .iter()
                 .map(|s| {
-                    let label = s.kind.to_string();
+                    let label = s.label();
                     let c = stats.sink(&label);
                     json!({
-                        "sink": scrub(&label),
+                        "sink": crate::mask::text(&label),
                         "delivered": c.delivered.load(Ordering::Relaxed),
                         "retried": c.retried.load(Ordering::Relaxed),
                         "dead_lettered": c.dead_lettered.load(Ordering::Relaxed),
@@ -151,7 +130,7 @@ async fn status(State(state): State<Arc<HttpState>>) -> Response {
                 "active": st.get() == RuleState::Running,
                 "source": spec.source.kind.to_string(),
                 "sinks": sinks,
-                "last_error": st.last_error().map(|e| scrub(&e)),
+                "last_error": st.last_error().map(|e| crate::mask::text(&e)),
                 "counters": counters(&stats),
             });
             if is_group_stream(&spec) {
@@ -275,7 +254,7 @@ pub fn render_metrics(state: &HttpState) -> String {
                     out,
                     "redis_router_{name}{{rule=\"{}\",sink=\"{}\"}} {}",
                     label(rule),
-                    label(&scrub(&sink)),
+                    label(&crate::mask::text(&sink)),
                     get(&s)
                 );
             }
@@ -432,17 +411,3 @@ setInterval(refresh, 1000);
 </body>
 </html>
 "#;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scrubs_credentials_in_text() {
-        assert_eq!(
-            scrub("connect to redis://app:hunter2@db:6379/0 failed (rediss://:pw@x)"),
-            "connect to redis://app:***@db:6379/0 failed (rediss://:***@x)"
-        );
-        assert_eq!(scrub("no url here"), "no url here");
-    }
-}

@@ -5,6 +5,8 @@
 //! - [`acl`]: the Redis ACL rule a rule file needs (`check --acl`).
 //! - [`config`]: the rule file: parse, validate into a [`config::RuleSet`], report mistakes with
 //!   line and column.
+//! - [`mask`]: what of a URL or a text may be shown: secrets masked, control characters
+//!   escaped (every output goes through it).
 //! - [`message`]: the one [`message::Message`] type, raw bytes plus lazily parsed JSON.
 //! - [`filter`]: compiled JSONPath filters, `{{…}}` templates and transforms (pure).
 //! - [`source`]: Pub/Sub, stream and list sources.
@@ -36,6 +38,7 @@ pub mod http;
 pub mod identity;
 pub mod keys;
 pub mod laravel;
+pub mod mask;
 pub mod message;
 pub mod redis_conn;
 pub mod sink;

@@ -128,6 +128,10 @@ enum DlqAction {
         /// Only these dead-letter entry ids.
         #[arg(long = "id")]
         ids: Vec<String>,
+        /// Also replay dead letters without a signature (written by a router from before
+        /// dead letters were signed), when they are whole and in their rule's stream.
+        #[arg(long)]
+        accept_unsigned: bool,
     },
 }
 
@@ -155,7 +159,7 @@ fn main() -> ExitCode {
             match runtime.block_on(dlq(action)) {
                 Ok(code) => code,
                 Err(e) => {
-                    eprintln!("redis-router: {e:#}");
+                    eprintln!("redis-router: {}", redis_router::mask::text(&format!("{e:#}")));
                     ExitCode::FAILURE
                 }
             }
@@ -192,7 +196,7 @@ fn main() -> ExitCode {
             match runtime.block_on(run(&config, options)) {
                 Ok(code) => code,
                 Err(e) => {
-                    error!("{e:#}");
+                    error!("{}", redis_router::mask::text(&format!("{e:#}")));
                     ExitCode::FAILURE
                 }
             }
@@ -215,6 +219,7 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn print_config_error(e: &ConfigError) {
+    // Validation masks the URLs it quotes (and its hints show `user:pass` as an example).
     eprintln!("{e}");
     let n = e.diagnostics().len();
     if n > 0 {
@@ -234,30 +239,41 @@ async fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
     };
     match action {
         DlqAction::List { rule, .. } => {
-            let entries = redis_router::dlq::list(&set, rule.as_deref()).await?;
-            for e in &entries {
-                println!("{}", e.summary());
-            }
-            eprintln!(
-                "{} dead letter{}.",
-                entries.len(),
-                if entries.len() == 1 { "" } else { "s" }
-            );
-        }
-        DlqAction::Replay { rule, ids, .. } => {
-            let mut last = std::time::Instant::now();
-            let report = redis_router::dlq::replay(&set, rule.as_deref(), &ids, |done, total| {
-                if total >= 1000 && (last.elapsed() >= Duration::from_secs(1) || done == total) {
-                    eprintln!("replayed {done} of {total}");
-                    last = std::time::Instant::now();
-                }
+            let n = redis_router::dlq::list(&set, rule.as_deref(), |entry, problem| {
+                println!("{}", entry.summary(problem));
             })
             .await?;
+            eprintln!("{n} dead letter{}.", if n == 1 { "" } else { "s" });
+        }
+        DlqAction::Replay {
+            rule,
+            ids,
+            accept_unsigned,
+            ..
+        } => {
+            let mut last = std::time::Instant::now();
+            let options = redis_router::dlq::ReplayOptions {
+                rule: rule.as_deref(),
+                ids: &ids,
+                accept_unsigned,
+            };
+            let report = redis_router::dlq::replay(
+                &set,
+                &options,
+                |kept| println!("{kept}"),
+                |done, total| {
+                    if total >= 1000 && (last.elapsed() >= Duration::from_secs(1) || done == total) {
+                        eprintln!("replayed {done} of {total}");
+                        last = std::time::Instant::now();
+                    }
+                },
+            )
+            .await?;
             println!(
-                "{} replayed, {} failed again (kept), {} skipped (not sink failures, kept).",
-                report.replayed, report.failed, report.skipped
+                "{} replayed, {} failed again (kept), {} skipped (not sink failures, kept), {} refused (cut, corrupted, unsigned or forged, kept).",
+                report.replayed, report.failed, report.skipped, report.refused
             );
-            if report.failed > 0 {
+            if report.failed > 0 || report.refused > 0 {
                 return Ok(ExitCode::FAILURE);
             }
         }
@@ -275,7 +291,7 @@ fn check(file: &Path, acl_user: Option<&str>) -> ExitCode {
             let case_errors = redis_router::testing::check(&set);
             if !case_errors.is_empty() {
                 for e in &case_errors {
-                    eprintln!("{}: {e}", file.display());
+                    eprintln!("{}: {}", file.display(), redis_router::mask::text(&e.to_string()));
                 }
                 eprintln!(
                     "{} error{} found.",
@@ -326,7 +342,7 @@ fn test(file: &Path) -> ExitCode {
         Ok(reports) => reports,
         Err(errors) => {
             for e in &errors {
-                eprintln!("{}: {e}", file.display());
+                eprintln!("{}: {}", file.display(), redis_router::mask::text(&e.to_string()));
             }
             let n = errors.len();
             eprintln!("{n} error{} found.", if n == 1 { "" } else { "s" });

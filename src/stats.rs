@@ -221,8 +221,10 @@ impl RuleStatus {
         RuleState::from_u8(self.state.load(Ordering::Acquire))
     }
 
-    /// Remember the latest error, for status output (until [`RuleStatus::clear_error`]).
+    /// Remember the latest error, for status output (until [`RuleStatus::clear_error`]), masked
+    /// as it is stored: `/status`, the page and `demo` show it.
     pub fn set_error(&self, error: String) {
+        let error = crate::mask::text(&error);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
     }
 

@@ -793,13 +793,18 @@ impl CaseReport {
 /// `+ actual` lines (with a `^` under the first differing character of two texts).
 impl fmt::Display for CaseReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A webhook URL (expected or rendered) may hold a token, a payload control characters:
+        // every part goes through the masking module before it is shown.
+        use crate::mask::text as shown;
+        let case = shown(&self.case);
         if self.passed() {
-            return write!(f, "ok   {}: {}", self.rule, self.case);
+            return write!(f, "ok   {}: {case}", self.rule);
         }
-        write!(f, "FAIL {}: {} (- expected, + actual)", self.rule, self.case)?;
+        write!(f, "FAIL {}: {case} (- expected, + actual)", self.rule)?;
         for d in &self.differences {
-            write!(f, "\n       {}\n       - {}\n       + {}", d.at, d.expected, d.actual)?;
-            if let Some(at) = first_difference(&d.expected, &d.actual) {
+            let (expected, actual) = (shown(&d.expected), shown(&d.actual));
+            write!(f, "\n       {}\n       - {expected}\n       + {actual}", shown(&d.at))?;
+            if let Some(at) = first_difference(&expected, &actual) {
                 write!(f, "\n         {}^", " ".repeat(at))?;
             }
         }

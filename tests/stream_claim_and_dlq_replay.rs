@@ -122,7 +122,7 @@ async fn dlq_replay_delivers_every_dead_letter_once_the_endpoint_recovers() {
     assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
     assert_eq!(
         String::from_utf8_lossy(&replay.stdout).trim(),
-        "5 replayed, 0 failed again (kept), 0 skipped (not sink failures, kept)."
+        "5 replayed, 0 failed again (kept), 0 skipped (not sink failures, kept), 0 refused (cut, corrupted, unsigned or forged, kept)."
     );
     let got: BTreeSet<u64> = hook.requests()[before..]
         .iter()

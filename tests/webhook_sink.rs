@@ -213,3 +213,45 @@ rules:
     assert_eq!(out[0].1, vec![("order".to_string(), "7".to_string())]);
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn a_dead_letter_names_the_sink_and_never_its_token() {
+    let redis = RedisServer::start();
+    // Nothing listens there: the request fails to connect, and reqwest's error text would
+    // carry the whole URL.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let yaml = format!(
+        r#"
+connections:
+  default: {{ url: "${{REDIS_URL}}" }}
+rules:
+  - name: hook
+    source: {{ channel: "orders" }}
+    on_error: {{ retry: {{ attempts: 1 }} }}
+    sinks:
+      - webhook: "{closed}/services/T0SECRET1/B0SECRET2/XSECRET3?token=SECRET4"
+      - webhook: "{closed}/hooks/SECRET5abcdefSECRET?token=SECRET6"
+        name: billing
+"#
+    );
+    let mut conn = redis.conn().await;
+    let daemon = spawn_daemon(&yaml, &redis.url()).await;
+    publish(&mut conn, r#"{"order":3}"#).await;
+    let dead = dead_letters(&conn, 2).await;
+    let sinks: Vec<&str> = dead.iter().map(|d| d["sink"].as_str()).collect();
+    assert!(sinks.contains(&"billing"), "a named sink is its name: {sinks:?}");
+    assert!(
+        sinks.contains(&format!("webhook {closed}/services/***?token=***").as_str()),
+        "an unnamed one its masked URL: {sinks:?}"
+    );
+    for d in &dead {
+        assert!(d["error"].contains("could not connect"), "{d:?}");
+        for (field, value) in d {
+            assert!(!value.contains("SECRET"), "{field} shows a token: {value}");
+        }
+    }
+    let stats = daemon.stats.rule("hook");
+    let labels: Vec<String> = stats.sinks().into_iter().map(|(label, _)| label).collect();
+    assert!(labels.iter().all(|l| !l.contains("SECRET")), "{labels:?}");
+    daemon.stop().await;
+}

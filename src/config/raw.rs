@@ -129,6 +129,8 @@ pub(crate) struct RawSink {
     pub queue: Option<SpStr>,
     pub webhook: Option<SpStr>,
     pub connection: Option<SpStr>,
+    /// Shown instead of the sink's kind and target (a webhook URL may hold a token).
+    pub name: Option<SpStr>,
     // Stream options.
     pub maxlen: Option<Spanned<u64>>,
     pub fields: Option<Spanned<IndexMap<String, SpStr>>>,
@@ -167,6 +169,7 @@ pub(crate) struct RawLaravelSink {
 pub(crate) struct RawOnError {
     pub retry: Option<Spanned<RawRetry>>,
     pub dead_letter: Option<SpStr>,
+    pub dead_letter_max_payload: Option<Spanned<usize>>,
 }
 
 /// Retry schedule of a failing sink.

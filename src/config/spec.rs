@@ -80,30 +80,9 @@ pub struct TlsSpec {
 }
 
 impl ConnectionSpec {
-    /// The URL with its password replaced by `***`, for logs and status.
+    /// The URL with its password replaced by `***`, for logs and status (see [`crate::mask::url`]).
     pub fn masked_url(&self) -> String {
-        mask_url(&self.url)
-    }
-}
-
-/// Replace the password of a URL (`scheme://user:pass@host`) by `***`.
-pub fn mask_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let masked = match userinfo.find(':') {
-                Some(colon) => format!("{}:***", &userinfo[..colon]),
-                None => "***".to_string(),
-            };
-            format!("{}://{}{}", &url[..scheme_end], masked, &rest[at..])
-        }
-        None => url.to_string(),
+        crate::mask::url(&self.url)
     }
 }
 
@@ -113,7 +92,10 @@ impl fmt::Debug for ConnectionSpec {
             .field("name", &self.name)
             .field("url", &self.masked_url())
             .field("cluster", &self.cluster)
-            .field("nodes", &self.nodes.iter().map(|n| mask_url(n)).collect::<Vec<_>>())
+            .field(
+                "nodes",
+                &self.nodes.iter().map(|n| crate::mask::url(n)).collect::<Vec<_>>(),
+            )
             .field("prefix", &self.prefix)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
@@ -173,7 +155,7 @@ pub struct RuleSpec {
 impl RuleSpec {
     /// `channel events:order -> stream processed_stream, publish x`.
     pub fn summary(&self) -> String {
-        let sinks: Vec<String> = self.sinks.iter().map(|s| s.kind.to_string()).collect();
+        let sinks: Vec<String> = self.sinks.iter().map(SinkSpec::label).collect();
         format!("{} -> {}", self.source.kind, sinks.join(", "))
     }
 
@@ -416,6 +398,9 @@ impl fmt::Display for SourceSpecKind {
 /// A sink and the connection it writes to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SinkSpec {
+    /// `name:` of the sink: shown instead of its kind and target (logs, `/status`, metric
+    /// labels, dead letters), so a webhook URL never has to be.
+    pub name: Option<String>,
     /// The Redis it writes to.
     pub connection: Arc<ConnectionSpec>,
     /// What it writes.
@@ -424,6 +409,18 @@ pub struct SinkSpec {
     pub filter: Option<Filter>,
     /// Retry and dead-letter policy (the rule's unless the sink overrides it).
     pub on_error: ErrorPolicy,
+}
+
+impl SinkSpec {
+    /// How the sink is shown and counted: its `name`, else its kind and target with any
+    /// secret masked (`stream processed_stream`, `webhook https://hooks.slack.com/services/***`).
+    /// Metric labels, dead letters' `sink` field and `dlq replay`'s matching use it.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(name) => name.clone(),
+            None => self.kind.to_string(),
+        }
+    }
 }
 
 /// The kinds of sink.
@@ -481,17 +478,15 @@ pub struct WebhookSpec {
 
 impl fmt::Debug for WebhookSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Any header may carry a credential (`Authorization`, `X-Api-Key`, a vendor's own):
+        // names are shown, never values.
         let headers: Vec<(&str, &str)> = self
             .headers
             .iter()
-            .map(|(k, v)| {
-                let lower = k.to_ascii_lowercase();
-                let secret = lower == "authorization" || lower.contains("token") || lower.contains("key");
-                (k.as_str(), if secret { "***" } else { v.as_str() })
-            })
+            .map(|(k, _)| (k.as_str(), crate::mask::MASK))
             .collect();
         f.debug_struct("WebhookSpec")
-            .field("url", &mask_url(self.url.source()))
+            .field("url", &crate::mask::url(self.url.source()))
             .field("method", &self.method)
             .field("headers", &headers)
             .field("timeout", &self.timeout)
@@ -529,7 +524,7 @@ impl fmt::Display for SinkSpecKind {
             SinkSpecKind::Queue {
                 queue, laravel: None, ..
             } => write!(f, "queue {}", queue.source()),
-            SinkSpecKind::Webhook(w) => write!(f, "webhook {}", mask_url(w.url.source())),
+            SinkSpecKind::Webhook(w) => write!(f, "webhook {}", crate::mask::url(w.url.source())),
             SinkSpecKind::Queue {
                 queue,
                 laravel: Some(l),
@@ -566,6 +561,10 @@ pub struct ErrorPolicy {
     pub max_backoff: Duration,
     /// Stream that receives what could not be delivered.
     pub dead_letter: String,
+    /// Longest payload a dead letter keeps (`dead_letter_max_payload`, bytes); `None`, the
+    /// default, keeps it whole, since a dead letter is often the only copy left. A cut dead
+    /// letter is never replayed.
+    pub dead_letter_max_payload: Option<usize>,
 }
 
 impl Default for ErrorPolicy {
@@ -575,25 +574,7 @@ impl Default for ErrorPolicy {
             backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
             dead_letter: DEFAULT_DEAD_LETTER.to_string(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn masks_passwords() {
-        let cases = [
-            ("redis://u:secret@h:6379/0", "redis://u:***@h:6379/0"),
-            ("redis://:secret@h", "redis://:***@h"),
-            ("rediss://secret@h", "rediss://***@h"),
-            ("redis://h:6379", "redis://h:6379"),
-            ("unix:///tmp/x", "unix:///tmp/x"),
-        ];
-        for (url, want) in cases {
-            assert_eq!(mask_url(url), want);
+            dead_letter_max_payload: None,
         }
     }
 }

@@ -241,12 +241,22 @@ fn connections(cx: &mut Ctx<'_>, raw: &RawFile) -> Connections {
         let mut urls = Vec::with_capacity(given);
         for seed in seeds {
             let Some(text) = cx.text(seed) else { continue };
+            if raw_reserved_in_userinfo(&text) {
+                cx.err(
+                    seed.referenced,
+                    format!(
+                        "connection `{name}`: the user or password in `{}` holds a character a URL reserves (`/`, `#` or `?`), so the URL does not say where the password ends; percent-encode it (`/` as `%2F`, `#` as `%23`, `?` as `%3F`, `%` as `%25`) or give it as `password:` (e.g. `password: \"${{REDIS_PASSWORD}}\"`)",
+                        crate::mask::url(&text)
+                    ),
+                );
+                continue;
+            }
             match redis::Client::open(text.as_str()) {
                 Err(e) => cx.err(
                     seed.referenced,
                     format!(
                         "connection `{name}`: bad Redis URL `{}` ({e}); write e.g. `redis://127.0.0.1:6379/0` or `rediss://user:pass@host:6380`",
-                        mask_url(&text)
+                        crate::mask::url(&text)
                     ),
                 ),
                 Ok(client) if is_cluster && client.get_connection_info().redis_settings().db() != 0 => cx.err(
@@ -254,7 +264,7 @@ fn connections(cx: &mut Ctx<'_>, raw: &RawFile) -> Connections {
                     format!(
                         "connection `{name}`: a Redis Cluster has only database 0; remove the `/{}` from `{}`",
                         client.get_connection_info().redis_settings().db(),
-                        mask_url(&text)
+                        crate::mask::url(&text)
                     ),
                 ),
                 Ok(_) => urls.push(text),
@@ -377,6 +387,9 @@ fn rule_spec(cx: &mut Ctx<'_>, rule: &RawRule, at: Location, conns: &Connections
         .collect();
     let tests = rule.tests.iter().map(|t| t.value.clone()).collect();
     let sinks: Option<Vec<SinkSpec>> = sinks.into_iter().collect();
+    if let Some(sinks) = &sinks {
+        distinct_labels(cx, rule, sinks);
+    }
     let filter_ok = rule.filter.is_none() || filter.is_some();
     let transform_ok = rule.transform.is_none() || transform.is_some();
     if !filter_ok || !transform_ok || rule.sinks.is_empty() {
@@ -430,6 +443,33 @@ fn limits(cx: &mut Ctx<'_>, raw: Option<&Spanned<super::raw::RawLimits>>) -> Lim
         limits.batch_bytes = v;
     }
     limits
+}
+
+/// Two sinks of a rule that differ but show the same label (two webhooks whose URLs differ only
+/// in a masked token, or two sinks given one `name`) could not be told apart in metrics, dead
+/// letters and `dlq replay`; each needs a `name` of its own. Identical sinks may share a label:
+/// they are one target.
+fn distinct_labels(cx: &mut Ctx<'_>, rule: &RawRule, sinks: &[SinkSpec]) {
+    for (i, a) in sinks.iter().enumerate() {
+        let Some(j) = sinks[..i].iter().position(|b| b.label() == a.label()) else {
+            continue;
+        };
+        if sinks[j].kind == a.kind && sinks[j].name.is_none() {
+            continue;
+        }
+        let at = rule.sinks[i]
+            .value
+            .name
+            .as_ref()
+            .map_or(rule.sinks[i].referenced, |n| n.referenced);
+        cx.err(
+            at,
+            format!(
+                "sinks[{j}] and sinks[{i}] both show as `{}`; give each its own `name:` (it labels metrics and dead letters, and `dlq replay` finds the sink by it)",
+                a.label()
+            ),
+        );
+    }
 }
 
 fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) -> Option<SourceSpec> {
@@ -756,6 +796,27 @@ fn queue_format(cx: &mut Ctx<'_>, format: &Option<SpStr>) -> Option<Option<Queue
     }
 }
 
+/// Whether a Redis URL's userinfo holds a raw `/`, `#` or `?`: the URL then either does not
+/// parse or parses with the password's tail as its path, query or fragment (an `@` left
+/// after the authority). `@`, `:`, `+` and `%` (not followed by two hex digits) need no
+/// encoding: the last `@` ends the userinfo and the first `:` starts the password.
+fn raw_reserved_in_userinfo(text: &str) -> bool {
+    let Some((_, rest)) = text.split_once("://") else {
+        return false;
+    };
+    if !rest.contains('@') {
+        return false;
+    }
+    match url::Url::parse(text) {
+        Err(_) => rest.rfind('@').is_some_and(|at| rest[..at].contains(['/', '#', '?'])),
+        Ok(u) => {
+            u.path().contains('@')
+                || u.query().is_some_and(|q| q.contains('@'))
+                || u.fragment().is_some_and(|f| f.contains('@'))
+        }
+    }
+}
+
 fn is_stream_id(id: &str) -> bool {
     let mut parts = id.splitn(2, '-');
     let ms = parts.next().unwrap_or("");
@@ -938,7 +999,23 @@ fn sink_spec(
             }
         }
     };
+    let name = match &s.name {
+        None => Some(None),
+        Some(n) => {
+            let v = cx.text(n)?;
+            if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
+                cx.err(
+                    n.referenced,
+                    "a sink name must be non-empty letters, digits, `-`, `_`, `.` or `:` (it names metrics, logs and dead letters)",
+                );
+                None
+            } else {
+                Some(Some(v))
+            }
+        }
+    };
     Some(SinkSpec {
+        name: name?,
         connection: connection?,
         kind,
         filter: filter?,
@@ -968,7 +1045,7 @@ fn webhook_spec(
                     key.referenced,
                     format!(
                         "webhook URL `{}` does not parse ({e}); write e.g. `https://example.com/hook`",
-                        mask_url(literal)
+                        crate::mask::url(literal)
                     ),
                 );
                 return None;
@@ -1168,6 +1245,16 @@ fn error_policy(cx: &mut Ctx<'_>, raw: Option<&Spanned<RawOnError>>, inherited: 
             None => ok = false,
         }
     }
+    if let Some(max) = &raw.value.dead_letter_max_payload {
+        if max.value == 0 {
+            cx.err(
+                max.referenced,
+                "`dead_letter_max_payload` is in bytes and must be at least 1; remove it to keep payloads whole",
+            );
+            ok = false;
+        }
+        policy.dead_letter_max_payload = Some(max.value);
+    }
     ok.then_some(policy)
 }
 
@@ -1216,6 +1303,26 @@ mod tests {
             (
                 "connections:\n  c: { url: \"http://x\" }\nrules: []\n",
                 "f.yaml:2:13: connection `c`: bad Redis URL `http://x`",
+            ),
+            (
+                "connections:\n  c: { url: \"redis://u:pa/ss@h:6379\" }\nrules: []\n",
+                "f.yaml:2:13: connection `c`: the user or password in `redis://u:***@h:6379` holds a character a URL reserves",
+            ),
+            (
+                "rules:\n  - name: a\n    source: { channel: x }\n    sinks:\n      - webhook: \"https://hooks.slack.com/services/T1/B1/AAA\"\n      - webhook: \"https://hooks.slack.com/services/T2/B2/BBB\"\n",
+                "f.yaml:6:9: rule \"a\": sinks[0] and sinks[1] both show as `webhook https://hooks.slack.com/services/***`; give each its own `name:`",
+            ),
+            (
+                "rules:\n  - name: a\n    source: { channel: x }\n    sinks:\n      - { stream: s, name: out }\n      - { stream: t, name: out }\n",
+                "f.yaml:6:28: rule \"a\": sinks[0] and sinks[1] both show as `out`",
+            ),
+            (
+                "rules:\n  - name: a\n    source: { channel: x }\n    sinks: [ { stream: s, name: \"a b\" } ]\n",
+                "f.yaml:4:33: rule \"a\": a sink name must be non-empty letters, digits",
+            ),
+            (
+                "rules:\n  - name: a\n    source: { channel: x }\n    on_error: { dead_letter_max_payload: 0 }\n    sinks: [ { stream: s } ]\n",
+                "f.yaml:4:42: rule \"a\": `dead_letter_max_payload` is in bytes and must be at least 1",
             ),
             (
                 "rules:\n  - name: a\n    source: { channel: x }\n    sinks: [ { stream: z } ]\n  - name: a\n    source: { channel: x }\n    sinks: [ { stream: z } ]\n",

@@ -106,7 +106,7 @@ impl Retry {
     ) -> bool {
         self.attempt += 1;
         let delay = backoff_delay(FIRST_RECONNECT_DELAY, MAX_RECONNECT_DELAY, self.attempt);
-        warn!(error = %e, attempt = self.attempt, delay_ms = delay.as_millis() as u64, "{failed}; retrying.");
+        warn!(error = %crate::mask::text(&e.to_string()), attempt = self.attempt, delay_ms = delay.as_millis() as u64, "{failed}; retrying.");
         status.set_error(format!("{failed}: {e}"));
         sleep_or_cancel(token, delay).await
     }
@@ -445,6 +445,7 @@ impl RuleLoop {
                             error: error.clone(),
                             sink: sink.map(|s| self.sinks[s].label()),
                             attempts: *attempts,
+                            max_payload: policy.dead_letter_max_payload,
                         }
                     },
                 )
@@ -541,7 +542,7 @@ async fn deliver(
             count = retry.len(),
             attempt,
             delay_ms = delay.as_millis() as u64,
-            error = %last_error.map(|e| e.to_string()).unwrap_or_default(),
+            error = %last_error.map(|e| crate::mask::text(&e.to_string())).unwrap_or_default(),
             "Sink failed; retrying."
         );
         if !sleep_or_cancel(token, delay).await {

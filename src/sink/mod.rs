@@ -108,17 +108,17 @@ impl Sink {
     /// When Redis cannot be reached now (the caller retries).
     pub async fn open(spec: &SinkSpec, reserved: Arc<ReservedNames>) -> Result<Sink, SinkError> {
         if let SinkSpecKind::Webhook(w) = &spec.kind {
-            return Ok(Sink::Webhook(WebhookSink::new(w, spec.kind.to_string())?));
+            return Ok(Sink::Webhook(WebhookSink::new(w, spec.label())?));
         }
         let conn = redis_conn::shared(&spec.connection)
             .await
             .map_err(|source| SinkError::Redis {
-                sink: spec.kind.to_string(),
+                sink: spec.label(),
                 source,
             })?;
         Ok(Sink::Redis(RedisSink {
             spec: spec.clone(),
-            label: spec.kind.to_string(),
+            label: spec.label(),
             conn,
             reserved,
         }))
@@ -129,7 +129,7 @@ impl Sink {
         Sink::DryRun {
             rule: rule.to_string(),
             spec: Box::new(spec.clone()),
-            label: spec.kind.to_string(),
+            label: spec.label(),
             reserved,
         }
     }
@@ -158,8 +158,15 @@ impl Sink {
                 batch
                     .iter()
                     .map(|msg| {
-                        let args = Sink::preview(spec, msg, &reserved)?;
-                        println!("dry-run rule={rule} {label}: {}", shell_words(&args));
+                        let mut args = Sink::preview(spec, msg, &reserved)?;
+                        // A rendered webhook URL may hold a token; a payload, control characters.
+                        if let (SinkSpecKind::Webhook(_), Some(url)) = (&spec.kind, args.get_mut(1)) {
+                            *url = crate::mask::url(&String::from_utf8_lossy(url)).into_bytes();
+                        }
+                        println!(
+                            "dry-run rule={rule} {label}: {}",
+                            crate::mask::escape(&shell_words(&args))
+                        );
                         Ok(())
                     })
                     .collect()
@@ -174,7 +181,7 @@ impl Sink {
     /// When the message cannot be rendered for this sink.
     pub fn preview(spec: &SinkSpec, msg: &Message, reserved: &Reserved) -> Result<Vec<Vec<u8>>, SinkError> {
         let err = |source| SinkError::Render {
-            sink: spec.kind.to_string(),
+            sink: spec.label(),
             source,
         };
         if let SinkSpecKind::Webhook(w) = &spec.kind {

@@ -76,7 +76,7 @@ impl WebhookSink {
         })
     }
 
-    /// `webhook https://…` (password masked).
+    /// The sink's `name`, or `webhook https://…` with its secrets masked.
     pub fn label(&self) -> &str {
         &self.label
     }
@@ -206,7 +206,9 @@ impl WebhookSink {
             } else {
                 "request failed"
             };
-            http_err(None, format!("{what}: {e}"), true, None)
+            // reqwest's text names the URL, token and all; the sink's label says which
+            // endpoint it was.
+            http_err(None, format!("{what}: {}", error_chain(&e.without_url())), true, None)
         })?;
         let status = response.status();
         if status.is_success() {
@@ -220,7 +222,9 @@ impl WebhookSink {
         let code = status.as_u16();
         let retryable = code == 408 || code == 429 || status.is_server_error();
         let text = response.bytes().await.unwrap_or_default();
-        let snippet = String::from_utf8_lossy(&text[..text.len().min(BODY_SNIPPET)]).into_owned();
+        // The endpoint's words, escaped and with any URL in them masked: they go into logs,
+        // `/status` and the dead letter.
+        let snippet = crate::mask::text(&String::from_utf8_lossy(&text[..text.len().min(BODY_SNIPPET)]));
         Err(http_err(
             Some(code),
             format!("HTTP {code} at {}: {snippet}", now_rfc3339()),
@@ -240,6 +244,19 @@ pub fn sign(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     mac.update(b".");
     mac.update(body);
     hex::encode(mac.finalize().into_bytes())
+}
+
+/// An error and its causes (`error sending request: client error (Connect): tcp connect
+/// error: Connection refused`), masked: the causes come from hyper and the OS, not from us.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    crate::mask::text(&text)
 }
 
 /// `Retry-After`: delay seconds or an HTTP date.
