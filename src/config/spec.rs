@@ -126,7 +126,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_payload: 16 << 20,
-            batch_bytes: 64 << 20,
+            batch_bytes: 32 << 20,
         }
     }
 }

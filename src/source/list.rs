@@ -178,6 +178,12 @@ impl ListSource {
         SourceError::redis(op, &self.name)
     }
 
+    /// How many elements to take in all, `first` included: as many as fit the budget at the
+    /// larger of `first`'s cost and the last read's average.
+    fn count_after(&self, first: &[u8]) -> usize {
+        self.budget.count(self.budget.cost_of(first).max(self.average), BATCH)
+    }
+
     /// The next batch, possibly empty when the blocking move timed out.
     ///
     /// # Cancel safety
@@ -186,19 +192,36 @@ impl ListSource {
         if !self.held.is_empty() {
             return Ok(self.budget.take(&mut self.held));
         }
-        let count = self.budget.count(self.average, BATCH);
+        // How many to take is judged by the first element (and the last read's average), so that
+        // a queue of large jobs is taken a few at a time, not a hundred at once.
         let mut elements: Vec<Vec<u8>> = Vec::new();
         if self.recovering {
             // Everything handed out before was acknowledged (removed), so what is left of the
             // previous run starts at the head.
-            elements = redis::cmd("LRANGE")
+            let head: Vec<Vec<u8>> = redis::cmd("LRANGE")
                 .arg(&self.processing)
                 .arg(0)
-                .arg(count - 1)
+                .arg(0)
                 .query_async(&mut self.conn)
                 .await
                 .map_err(self.err("LRANGE"))?;
-            self.recovering = elements.len() == count;
+            if let Some(first) = head.into_iter().next() {
+                let count = self.count_after(&first);
+                elements.push(first);
+                if count > 1 {
+                    let rest: Vec<Vec<u8>> = redis::cmd("LRANGE")
+                        .arg(&self.processing)
+                        .arg(1)
+                        .arg(count - 1)
+                        .query_async(&mut self.conn)
+                        .await
+                        .map_err(self.err("LRANGE"))?;
+                    self.recovering = rest.len() == count - 1;
+                    elements.extend(rest);
+                }
+            } else {
+                self.recovering = false;
+            }
         }
         if elements.is_empty() {
             let first: Option<Vec<u8>> = redis::cmd("BLMOVE")
@@ -213,17 +236,18 @@ impl ListSource {
             let Some(first) = first else {
                 return Ok(Vec::new());
             };
+            let count = self.count_after(&first);
             elements.push(first);
-            // More may be waiting: take them in one round trip instead of one each.
-            let mut pipe = redis::pipe();
-            for _ in 1..count {
-                pipe.cmd("LMOVE")
-                    .arg(&self.key)
-                    .arg(&self.processing)
-                    .arg("LEFT")
-                    .arg("RIGHT");
-            }
             if count > 1 {
+                // More may be waiting: take them in one round trip instead of one each.
+                let mut pipe = redis::pipe();
+                for _ in 1..count {
+                    pipe.cmd("LMOVE")
+                        .arg(&self.key)
+                        .arg(&self.processing)
+                        .arg("LEFT")
+                        .arg("RIGHT");
+                }
                 let more: Vec<Value> = pipe.query_async(&mut self.conn).await.map_err(self.err("LMOVE"))?;
                 elements.extend(more.into_iter().filter_map(bulk));
             }

@@ -90,6 +90,18 @@ impl Budget {
         }
     }
 
+    /// What a payload of these bytes costs in a batch (see [`Budget::admit`]), without making a
+    /// message of it.
+    pub fn cost_of(&self, payload: &[u8]) -> usize {
+        if payload.len() > self.max_payload || !self.parses_json {
+            return payload.len();
+        }
+        match crate::message::estimate_json_tree(payload) {
+            tree if tree > self.batch_bytes => payload.len(),
+            tree => tree,
+        }
+    }
+
     /// Set `msg` aside when the rule cannot afford it; returns its cost in the batch.
     pub fn admit(&self, msg: &mut Message) -> usize {
         let len = msg.payload_len();

@@ -425,11 +425,30 @@ impl RouterProcess {
     /// As [`RouterProcess::start_with`], as instance `instance` (`REDIS_ROUTER_INSTANCE`, so its
     /// consumer name is `HOST-INSTANCE` and `${REDIS_ROUTER_INSTANCE}` in the file names it).
     pub fn start_instance(yaml: &str, url: &str, extra: &[&str], instance: Option<&str>) -> RouterProcess {
+        Self::start_under(&[], yaml, url, extra, instance)
+    }
+
+    /// As [`RouterProcess::start_instance`], the router run by `wrapper` (`prlimit --as=…`).
+    pub fn start_under(
+        wrapper: &[&str],
+        yaml: &str,
+        url: &str,
+        extra: &[&str],
+        instance: Option<&str>,
+    ) -> RouterProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("routes.yaml");
         std::fs::write(&file, yaml).expect("write rules");
         let log = dir.path().join("router.log");
-        let child = Command::new(router_bin())
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(router_bin());
+                c
+            }
+            None => Command::new(router_bin()),
+        };
+        let child = command
             .arg("run")
             .arg("-c")
             .arg(&file)
