@@ -3,19 +3,11 @@
 
 mod support;
 
-use std::time::Duration;
-
 use redis::AsyncCommands;
 use support::*;
 
 async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .ok()?;
-    let resp = client.get(format!("http://127.0.0.1:{port}{path}")).send().await.ok()?;
-    let status = resp.status().as_u16();
-    Some((status, resp.text().await.ok()?))
+    http_get(port, path).await
 }
 
 /// The value of one sample line (`name{labels} value`).

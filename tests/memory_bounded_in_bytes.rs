@@ -71,12 +71,7 @@ rules:
     let kinds: Vec<String> = out
         .iter()
         .map(|(_, f)| {
-            let get = |k: &str| {
-                f.iter()
-                    .find(|(n, _)| n == k)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default()
-            };
+            let get = |k: &str| field(f, k);
             format!("{} {}", get("kind"), get("n"))
         })
         .collect();
@@ -87,13 +82,7 @@ rules:
     let mut parsed_too_big = 0;
     let mut too_large = 0;
     for (_, fields) in &dead {
-        let get = |k: &str| {
-            fields
-                .iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
-        };
+        let get = |k: &str| field(fields, k);
         let (reason, payload) = (get("reason"), get("payload"));
         if reason.contains("parsed as JSON, more than batch_bytes") {
             assert_eq!(payload, numbers, "set aside whole");

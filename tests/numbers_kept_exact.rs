@@ -49,14 +49,7 @@ rules:
 
     let key = format!("by-id:{BIG}");
     let entries = wait_stream_len(&conn, &key, 1).await;
-    let field = |name: &str| {
-        entries[0]
-            .1
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .unwrap()
-    };
+    let field = |name: &str| field(&entries[0].1, name);
     assert_eq!(field("id"), BIG);
     assert_eq!(
         field("data"),

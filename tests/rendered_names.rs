@@ -63,13 +63,7 @@ async fn names_from_payloads_never_reach_the_routers_own_keys() {
     let dead = wait_stream_len(&conn, "redis-router:dead-letter", 2 * hostile.len()).await;
     let mut reasons: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (_, fields) in &dead {
-        let get = |k: &str| {
-            fields
-                .iter()
-                .find(|(f, _)| f == k)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
-        };
+        let get = |k: &str| field(fields, k);
         let payload: serde_json::Value = serde_json::from_str(&get("payload")).unwrap();
         reasons
             .entry(payload["n"].to_string())

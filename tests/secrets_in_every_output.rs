@@ -10,7 +10,6 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use redis::AsyncCommands;
 use support::hook::{HookServer, Reply};
@@ -52,13 +51,7 @@ fn text(out: &Output) -> String {
 }
 
 async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .ok()?;
-    let resp = client.get(format!("http://127.0.0.1:{port}{path}")).send().await.ok()?;
-    let status = resp.status().as_u16();
-    Some((status, resp.text().await.ok()?))
+    http_get(port, path).await
 }
 
 fn router(file: &Path, args: &[&str]) -> Command {

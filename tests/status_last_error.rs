@@ -5,24 +5,13 @@
 
 mod support;
 
-use std::time::Duration;
-
 use redis::AsyncCommands;
 use serde_json::Value;
 use support::hook::{HookServer, Reply};
 use support::*;
 
 async fn status(port: u16) -> Option<Value> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .ok()?;
-    let resp = client
-        .get(format!("http://127.0.0.1:{port}/status"))
-        .send()
-        .await
-        .ok()?;
-    serde_json::from_str(&resp.text().await.ok()?).ok()
+    serde_json::from_str(&http_get(port, "/status").await?.1).ok()
 }
 
 /// The `/status` entry of rule `name`, once `ready` accepts it.

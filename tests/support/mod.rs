@@ -347,6 +347,27 @@ pub async fn wait_stream_len(
     .await
 }
 
+/// `GET http://127.0.0.1:PORT/PATH` of a router's HTTP endpoint: status and body, `None` while
+/// it does not answer.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
+    let resp = client.get(format!("http://127.0.0.1:{port}{path}")).send().await.ok()?;
+    let status = resp.status().as_u16();
+    Some((status, resp.text().await.ok()?))
+}
+
+/// The value of field `name` of a stream entry's fields (empty when absent).
+pub fn field(fields: &[(String, String)], name: &str) -> String {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
 /// The router running in-process on the test's runtime.
 pub struct Daemon {
     pub root: CancellationToken,
