@@ -18,9 +18,9 @@ use std::time::{Duration, SystemTime};
 
 use redis::Value;
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{Instrument, info, warn};
+use tracing::info;
 
-use super::{Budget, SourceError, bulk};
+use super::{Budget, Liveness, SourceError, bulk, keep_alive};
 use crate::config::{ConnectionSpec, QueueFormat, SourceSpec, SourceSpecKind};
 use crate::keys;
 use crate::message::{Body, Message, Meta, SourceKind};
@@ -155,7 +155,7 @@ impl ListSource {
             consumer,
         };
         // The first beat before reading: a consumer that reads is always listed and alive.
-        heartbeat.beat().await?;
+        heartbeat.refresh().await?;
         Ok(ListSource {
             conn,
             connection: spec.connection.clone(),
@@ -170,7 +170,9 @@ impl ListSource {
             average: budget.batch_bytes / BATCH,
             rule,
             stats,
-            _heartbeat: AbortOnDropHandle::new(tokio::spawn(heartbeat.run().in_current_span())),
+            // A beat that fails is tried again at the next tick: the TTL allows several to fail
+            // before anyone takes this consumer for dead.
+            _heartbeat: keep_alive(HEARTBEAT_EVERY, heartbeat),
         })
     }
 
@@ -308,24 +310,9 @@ impl Heartbeat {
         redis_conn::companion(&self.connection, &self.key, &format!("{}{consumer}", keys::HEARTBEAT))
     }
 
-    /// Beat every [`HEARTBEAT_EVERY`] until aborted; a failed beat is logged and tried again
-    /// at the next tick (the TTL allows several to fail before anyone takes this consumer for
-    /// dead).
-    async fn run(mut self) {
-        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            if let Err(e) = self.beat().await {
-                warn!(queue = %self.name, error = %e, "Heartbeat failed; trying again.");
-            }
-        }
-    }
-
     /// Refresh this consumer's heartbeat, and give the elements of consumers whose heartbeat
     /// has expired (a router that crashed and does not come back) back to the queue.
-    async fn beat(&mut self) -> Result<(), SourceError> {
+    async fn refresh(&mut self) -> Result<(), SourceError> {
         let (_, _, members): ((), (), Vec<String>) = redis::pipe()
             .cmd("SET")
             .arg(self.heartbeat_key(&self.consumer))
@@ -361,6 +348,18 @@ impl Heartbeat {
 
     fn err(&self, op: &'static str) -> impl FnOnce(redis::RedisError) -> SourceError + '_ {
         SourceError::redis(op, &self.name)
+    }
+}
+
+impl Liveness for Heartbeat {
+    const WHAT: &'static str = "Heartbeat";
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn beat(&mut self) -> impl std::future::Future<Output = Result<(), SourceError>> + Send {
+        self.refresh()
     }
 }
 

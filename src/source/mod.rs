@@ -11,6 +11,8 @@ mod stream;
 
 use std::sync::Arc;
 
+use tokio_util::task::AbortOnDropHandle;
+
 pub use list::{ListSource, laravel_message};
 pub use pubsub::PubSubSource;
 pub use stream::StreamSource;
@@ -167,6 +169,37 @@ impl Budget {
     pub fn count(&self, average: usize, batch: usize) -> usize {
         (self.batch_bytes / average.max(1)).clamp(1, batch.max(1))
     }
+}
+
+/// What a source does on a timer of its own for as long as it lives, apart from its work
+/// (a consumer's heartbeat, its hold on its pending entries): a slow sink, a long retry or a
+/// stuck read never delays it, so a living consumer never looks dead to the others.
+pub(crate) trait Liveness: Send + 'static {
+    /// What it does, for the warning when a beat fails (`Heartbeat`).
+    const WHAT: &'static str;
+
+    /// The queue or stream it keeps alive, as the rule names it, for the warning.
+    fn name(&self) -> &str;
+
+    /// One beat.
+    fn beat(&mut self) -> impl std::future::Future<Output = Result<(), SourceError>> + Send;
+}
+
+/// Beat `live` every `period` (the first after one period) until the handle is dropped. A
+/// failed beat is logged and tried again at the next tick.
+pub(crate) fn keep_alive<L: Liveness>(period: std::time::Duration, mut live: L) -> AbortOnDropHandle<()> {
+    let task = async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = live.beat().await {
+                tracing::warn!(key = %live.name(), error = %e, "{} failed; trying again at the next tick.", L::WHAT);
+            }
+        }
+    };
+    AbortOnDropHandle::new(tokio::spawn(tracing::Instrument::in_current_span(task)))
 }
 
 /// A source of any kind.

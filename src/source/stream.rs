@@ -16,9 +16,9 @@ use std::time::{Duration, Instant, SystemTime};
 use redis::Value;
 use tokio::task::JoinHandle;
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{debug, info, warn};
 
-use super::{Budget, SourceError, bulk};
+use super::{Budget, Liveness, SourceError, bulk, keep_alive};
 use crate::config::{ConnectionSpec, SourceSpec, SourceSpecKind};
 use crate::message::{Body, Message, Meta, SourceKind};
 use crate::redis_conn::{self, Conn};
@@ -115,19 +115,19 @@ struct Hold {
     count: usize,
 }
 
-impl Hold {
-    async fn run(mut self) {
-        let mut tick = tokio::time::interval(self.every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            if let Err(e) = self.touch().await {
-                warn!(stream = %self.name, error = %e, "Could not refresh the pending entries' idle time; trying again.");
-            }
-        }
+impl Liveness for Hold {
+    const WHAT: &'static str = "Refreshing the idle time of pending entries";
+
+    fn name(&self) -> &str {
+        &self.name
     }
 
+    fn beat(&mut self) -> impl std::future::Future<Output = Result<(), SourceError>> + Send {
+        self.touch()
+    }
+}
+
+impl Hold {
     /// Reset the idle time of this consumer's entries idle for half a period or more.
     async fn touch(&mut self) -> Result<(), SourceError> {
         let min_idle = (self.every / 2).as_millis() as u64;
@@ -264,7 +264,7 @@ impl StreamSource {
                     count: 4 * *batch + 100,
                 };
                 source.ensure_group().await?;
-                source._hold = Some(AbortOnDropHandle::new(tokio::spawn(hold.run().in_current_span())));
+                source._hold = Some(keep_alive(hold.every, hold));
             }
             Mode::Tail { last_id } if last_id == "$" => {
                 let last = source.last_id().await?;
