@@ -80,8 +80,7 @@ fn a_file_over_the_size_limit_is_refused_unread() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.yaml");
     // Valid YAML: one rule and 50 MB of comment.
-    let mut text =
-        String::from("rules:\n  - name: a\n    source: { channel: x }\n    sinks: [ { stream: y } ]\n");
+    let mut text = String::from("rules:\n  - name: a\n    source: { channel: x }\n    sinks: [ { stream: y } ]\n");
     let comment = format!("# {}\n", "x".repeat(98));
     while text.len() < 50 * 1024 * 1024 {
         text.push_str(&comment);

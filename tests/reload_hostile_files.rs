@@ -105,10 +105,16 @@ async fn parent_directory_symlink_swap_reloads_once_and_the_watch_follows_it() {
     write(&root.join("releases/v2/routes.yaml"), &rules(&["base", "second"]));
     swap_symlink(&root.join("current"), "releases/v2");
     let (line, took) = wait_reload(&router, 2).await;
-    assert!(line.contains(" trigger=file ") && line.contains(r#"added=["second"]"#), "{line}");
+    assert!(
+        line.contains(" trigger=file ") && line.contains(r#"added=["second"]"#),
+        "{line}"
+    );
     assert!(took < DEBOUNCE + Duration::from_secs(3), "noticed after {took:?}");
     let moved = router
-        .wait_line("the log of the new target", &["The rule file now resolves to", "releases/v2/routes.yaml"])
+        .wait_line(
+            "the log of the new target",
+            &["The rule file now resolves to", "releases/v2/routes.yaml"],
+        )
         .await;
     assert!(moved.contains("INFO"), "{moved}");
 
@@ -117,15 +123,26 @@ async fn parent_directory_symlink_swap_reloads_once_and_the_watch_follows_it() {
     assert_no_reload_follows(&router, "writing the old release").await;
 
     // A second swap is noticed too, and so is a write in place in the release it points at.
-    write(&root.join("releases/v3/routes.yaml"), &rules(&["base", "second", "third"]));
+    write(
+        &root.join("releases/v3/routes.yaml"),
+        &rules(&["base", "second", "third"]),
+    );
     swap_symlink(&root.join("current"), "releases/v3");
     let (line, _) = wait_reload(&router, 3).await;
     assert!(line.contains(r#"added=["third"]"#), "{line}");
-    write(&root.join("releases/v3/routes.yaml"), &rules(&["base", "second", "third", "fourth"]));
+    write(
+        &root.join("releases/v3/routes.yaml"),
+        &rules(&["base", "second", "third", "fourth"]),
+    );
     let (line, _) = wait_reload(&router, 4).await;
     assert!(line.contains(r#"added=["fourth"]"#), "{line}");
 
-    assert_eq!(router.count("Rules reloaded."), 3, "one reload per change:\n{}", router.log());
+    assert_eq!(
+        router.count("Rules reloaded."),
+        3,
+        "one reload per change:\n{}",
+        router.log()
+    );
     assert_eq!(router.count("Reload rejected"), 0);
 }
 
@@ -159,7 +176,10 @@ async fn a_chain_of_symlinks_with_absolute_and_relative_targets_is_followed() {
     assert!(took < DEBOUNCE + Duration::from_secs(3), "noticed after {took:?}");
 
     // The new end of the chain is watched; the old one no longer is.
-    write(&root.join("shared/b.yaml"), &rules(&["base", "second", "third", "fourth"]));
+    write(
+        &root.join("shared/b.yaml"),
+        &rules(&["base", "second", "third", "fourth"]),
+    );
     let (line, _) = wait_reload(&router, 4).await;
     assert!(line.contains(r#"added=["fourth"]"#), "{line}");
     write(&root.join("shared/a.yaml"), &rules(&["base", "stale"]));
@@ -195,7 +215,11 @@ async fn trace_logging_into_the_watched_directory_reloads_nothing_and_stays_smal
     let before = size();
     tokio::time::sleep(DEBOUNCE * 10).await;
     let grown = size() - before;
-    assert!(grown < 64 * 1024, "the log grew by {grown} bytes in {:?} while idle", DEBOUNCE * 10);
+    assert!(
+        grown < 64 * 1024,
+        "the log grew by {grown} bytes in {:?} while idle",
+        DEBOUNCE * 10
+    );
     assert_eq!(router.count("Rules reloaded."), 1, "only the rule file reloads");
     assert_eq!(router.count("Rule file event without a change of content"), 0);
     assert_eq!(router.count("Reload rejected"), 0);
@@ -218,7 +242,10 @@ async fn a_fifo_or_an_oversized_file_is_refused_and_sigterm_still_stops_in_time(
     // A FIFO renamed over the rule file: nobody writes it, and opening it for reading would
     // wait for a writer forever.
     let fifo = root.join(".routes.fifo");
-    let status = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
     assert!(status.success());
     std::fs::rename(&fifo, &file).unwrap();
     let line = router
@@ -252,7 +279,10 @@ async fn a_fifo_or_an_oversized_file_is_refused_and_sigterm_still_stops_in_time(
     assert_eq!(router.count("Rules reloaded."), 1, "{}", router.log());
 
     // A FIFO again, and SIGTERM right behind it: the router stops within its drain timeout.
-    let status = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
     assert!(status.success());
     std::fs::rename(&fifo, &file).unwrap();
     tokio::time::sleep(DEBOUNCE * 2).await;

@@ -1,8 +1,9 @@
 //! Loading the rule file: read, parse, validate, and report every mistake with its position.
 //!
 //! `raw.rs` mirrors the YAML, `validate.rs` turns it into the [`RuleSet`] of `spec.rs`, `env.rs`
-//! expands `${VAR}`. This module owns the error type and the recovery that lets one run report
-//! a broken key in several rules at once (serde stops at the first).
+//! expands `${VAR}`. This module owns reading the file (bounded, never blocking on a special
+//! file), the parser's budget, the error type, and the recovery that lets one run report a
+//! broken key in several rules at once (serde stops at the first).
 
 mod env;
 mod raw;
@@ -10,6 +11,8 @@ mod spec;
 mod validate;
 
 use std::fmt;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 use serde::Deserialize;
@@ -45,6 +48,12 @@ impl Diagnostic {
     }
 }
 
+/// The most a rule file may hold: 8 MiB. Ten thousand rules of a few lines each take about
+/// 1.4 MB; the limit bounds the memory and time a file can cost (the parse of a file at the
+/// limit takes well under a second and a few hundred MB at worst), so that a 50 MB file, a
+/// device that never ends or a file that keeps growing is refused instead of read.
+pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Why a rule file could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -56,6 +65,25 @@ pub enum ConfigError {
         /// What the OS said.
         #[source]
         source: std::io::Error,
+    },
+    /// A FIFO, a directory, a socket or a device where the file should be: reading it could
+    /// wait for a writer forever or never end, so it is not read at all.
+    #[error(
+        "cannot read {path}: it is {kind}, not a regular file (a rule file must be a regular file or a symlink to one)"
+    )]
+    NotAFile {
+        /// The file, as given.
+        path: String,
+        /// What it is instead ("a FIFO").
+        kind: &'static str,
+    },
+    /// Larger than [`MAX_FILE_BYTES`].
+    #[error("cannot read {path}: it holds {size} bytes, more than the {} MiB a rule file may hold", MAX_FILE_BYTES >> 20)]
+    TooLarge {
+        /// The file, as given.
+        path: String,
+        /// Its size when it was refused (at least this much, for a file that grew while read).
+        size: u64,
     },
     /// The file has mistakes; every one is listed.
     #[error("{}", render_all(file, diagnostics))]
@@ -80,7 +108,7 @@ impl ConfigError {
     pub fn diagnostics(&self) -> &[Diagnostic] {
         match self {
             ConfigError::Invalid { diagnostics, .. } => diagnostics,
-            ConfigError::Io { .. } => &[],
+            ConfigError::Io { .. } | ConfigError::NotAFile { .. } | ConfigError::TooLarge { .. } => &[],
         }
     }
 }
@@ -88,13 +116,90 @@ impl ConfigError {
 /// Read and validate a rule file.
 ///
 /// # Errors
-/// [`ConfigError::Io`] when it cannot be read, [`ConfigError::Invalid`] with every mistake.
+/// As [`read`], and [`ConfigError::Invalid`] with every mistake.
 pub fn load(path: &Path) -> Result<RuleSet, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text = read(path)?;
     load_str(&text, &path.display().to_string())
+}
+
+/// Read a rule file's text, refusing anything that could block or take unbounded time or
+/// memory: only a regular file (or a symlink to one) of at most [`MAX_FILE_BYTES`] is read.
+///
+/// The file is opened with `O_NONBLOCK`, so that a FIFO swapped in between the check and the
+/// open cannot make the open wait for a writer, and what was opened is checked again (fstat)
+/// before a byte is read. At most one byte more than the limit is read, so a file that grows
+/// while it is read costs no more than the limit. This is blocking file I/O: async callers run
+/// it on the blocking pool.
+///
+/// # Errors
+/// [`ConfigError::NotAFile`] for a FIFO, directory, socket or device; [`ConfigError::TooLarge`];
+/// [`ConfigError::Io`] when it cannot be opened or read; [`ConfigError::Invalid`] (with the line
+/// and column of the first bad byte) when it is not UTF-8.
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    let name = || path.display().to_string();
+    let io = |source| ConfigError::Io { path: name(), source };
+    // stat first: a socket cannot be opened at all, and a clear "it is a FIFO" beats what
+    // open() would say.
+    check_regular(&std::fs::metadata(path).map_err(io)?, path)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io)?;
+    let opened = file.metadata().map_err(io)?;
+    check_regular(&opened, path)?;
+    let too_large = |size: u64| ConfigError::TooLarge { path: name(), size };
+    if opened.len() > MAX_FILE_BYTES {
+        return Err(too_large(opened.len()));
+    }
+    // Capacity from the size as opened (bounded above); a file that grows reallocates, up to
+    // the limit and one byte.
+    let mut bytes = Vec::with_capacity(opened.len() as usize);
+    (&file).take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        let now = file.metadata().map(|m| m.len()).unwrap_or(0);
+        return Err(too_large(now.max(bytes.len() as u64)));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+        let line_start = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(&valid[line_start..]).chars().count() as u64 + 1;
+        let byte = e.as_bytes().get(valid.len()).copied().unwrap_or(0);
+        ConfigError::Invalid {
+            file: name(),
+            diagnostics: vec![Diagnostic {
+                line,
+                column,
+                rule: None,
+                message: format!("not UTF-8 text (byte 0x{byte:02X}); save the file as UTF-8"),
+            }],
+        }
+    })
+}
+
+/// Refuse anything but a regular file, naming what it is.
+fn check_regular(meta: &std::fs::Metadata, path: &Path) -> Result<(), ConfigError> {
+    let t = meta.file_type();
+    let kind = if t.is_file() {
+        return Ok(());
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "a special file"
+    };
+    Err(ConfigError::NotAFile {
+        path: path.display().to_string(),
+        kind,
+    })
 }
 
 /// Validate rule-file text; `file` names it in errors. Environment variables come from the
