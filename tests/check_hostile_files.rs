@@ -106,7 +106,7 @@ fn billion_laughs() -> String {
     out.push_str("      l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
     for level in 1..9 {
         let prev = format!("*l{}", level - 1);
-        let items = vec![prev.as_str(); 9].join(", ");
+        let items = [prev.as_str(); 9].join(", ");
         out.push_str(&format!("      l{level}: &l{level} [{items}]\n"));
     }
     out
