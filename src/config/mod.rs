@@ -225,18 +225,51 @@ pub fn load_str_with_env(text: &str, file: &str, env: &dyn Fn(&str) -> Option<St
             diagnostics,
         }
     };
-    match serde_saphyr::from_str::<RawFile>(text) {
+    match parse::<RawFile>(text) {
         Ok(raw) => validate::validate(raw, env).map_err(invalid),
         Err(first) => Err(invalid(recover(text, first, env))),
     }
 }
 
+/// Most YAML values (mappings, lists, scalars) a file may hold or expand to. Ten thousand
+/// rules with filters, transforms and test cases hold a few hundred thousand; serde-saphyr's
+/// default (250,000) would refuse them.
+const MAX_YAML_VALUES: usize = 1_000_000;
+
+/// Most values aliases (`*name`) may repeat in all. A file uses aliases to share a connection
+/// or a sink between rules, a few values each; nine levels of nine aliases (a "billion laughs")
+/// would repeat 387 million, and are refused here after a fraction of a second.
+const MAX_ALIAS_VALUES: usize = 100_000;
+
+/// Parse YAML under the limits above, the serde-saphyr defaults for nesting (64 levels of
+/// block, 255 of flow collections) and documents, and at most twice [`MAX_FILE_BYTES`] of
+/// scalar text (aliases of a long string multiply text, not values). What a file can cost to
+/// parse is bounded by these, whatever it holds.
+fn parse<'de, T: Deserialize<'de>>(text: &'de str) -> Result<T, serde_saphyr::Error> {
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_nodes: MAX_YAML_VALUES,
+            max_events: 2 * MAX_YAML_VALUES,
+            max_total_scalar_bytes: 2 * MAX_FILE_BYTES as usize,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: MAX_ALIAS_VALUES,
+        },
+    };
+    serde_saphyr::from_str_with_options(text, options)
+}
+
 /// serde stops at the first structural mistake. To report more than one, parse the file again
-/// with the rules left unread, then each rule on its own (its lines, padded so that line numbers
-/// stay true), and validate whatever parsed.
+/// with the rules left unread, then each rule's lines on their own to learn which do not parse
+/// (their errors shifted to the rule's place in the file), then the file once more with those
+/// rules blanked out (their lines kept, empty, so that every position stays true), and validate
+/// what that gives.
+///
+/// Each step costs time in proportion to the file, never to the square of it: a rule is never
+/// parsed behind padding that stands for the lines above it.
 fn recover(text: &str, first: serde_saphyr::Error, env: &dyn Fn(&str) -> Option<String>) -> Vec<Diagnostic> {
     let first_diag = from_serde(&first, None);
-    let outline = match serde_saphyr::from_str::<RawFileOutline>(text) {
+    let outline = match parse::<RawFileOutline>(text) {
         Ok(outline) => outline,
         // YAML that does not parse at all, or a broken top-level key: nothing more to learn.
         Err(e) => {
@@ -244,49 +277,84 @@ fn recover(text: &str, first: serde_saphyr::Error, env: &dyn Fn(&str) -> Option<
             return if d == first_diag { vec![d] } else { vec![d, first_diag] };
         }
     };
-    let lines: Vec<&str> = text.lines().collect();
+    let mut lines: Vec<&str> = text.lines().collect();
     let starts: Vec<u64> = outline.rules.iter().map(|r| r.referenced.line()).collect();
     let mut diagnostics = Vec::new();
-    let mut good_rules = Vec::new();
-    // Every rule's name in file order, and whether it parsed: a rule that does not parse still
-    // counts for duplicate names (validation only sees the ones that did).
-    let mut names: Vec<(Spanned<String>, bool)> = Vec::new();
+    // Every rule's name with its position, in file order, and whether the rule parsed: a rule
+    // that does not parse still counts for duplicate names (validation sees only the others).
+    let mut names: Vec<(String, u64, u64, bool)> = Vec::new();
+    let mut broken: Vec<(usize, usize)> = Vec::new();
     for (i, &start) in starts.iter().enumerate() {
-        let Some(slice) = rule_lines(&lines, start, starts.get(i + 1).copied()) else {
+        let Some((first_line, slice)) = rule_lines(&lines, start, starts.get(i + 1).copied()) else {
             return vec![first_diag];
         };
-        let padded = format!("{}{}", "\n".repeat(slice.0 as usize - 1), slice.1);
-        match serde_saphyr::from_str::<Vec<Spanned<RawRule>>>(&padded) {
-            Ok(mut rules) if rules.len() == 1 => {
-                if let Some(rule) = rules.pop() {
-                    names.push((rule.value.name.clone(), true));
-                    good_rules.push(rule);
-                }
-            }
+        let shift = first_line - 1;
+        // serde reads in file order: the rules wholly before its first error parsed.
+        let end = first_line + slice.split('\n').count() as u64;
+        if end <= first_diag.line {
+            continue;
+        }
+        match parse::<Vec<RawRule>>(&slice) {
+            Ok(rules) if rules.len() == 1 => continue,
             Ok(_) => return vec![first_diag],
             Err(e) => {
-                let name = serde_saphyr::from_str::<Vec<NameOnly>>(&padded)
+                let name = parse::<Vec<NameOnly>>(&slice)
                     .ok()
                     .and_then(|v| v.into_iter().next())
                     .and_then(|n| n.name);
-                diagnostics.push(from_serde(&e, name.as_ref().map(|n| n.value.clone())));
-                names.extend(name.map(|n| (n, false)));
+                let mut d = from_serde(&e, name.as_ref().map(|n| n.value.clone()));
+                if d.line > 0 {
+                    d.line += shift;
+                }
+                diagnostics.push(d);
+                if let Some(n) = name {
+                    names.push((n.value, n.referenced.line() + shift, n.referenced.column(), false));
+                }
+                broken.push((shift as usize, slice.split('\n').count()));
             }
         }
     }
+    for &(from, count) in &broken {
+        for line in lines.iter_mut().skip(from).take(count) {
+            *line = "";
+        }
+    }
+    let good_rules = if broken.len() == starts.len() {
+        // Nothing left to parse (and `rules:` with nothing under it would read as null).
+        Vec::new()
+    } else {
+        match parse::<RawFile>(&lines.join("\n")) {
+            Ok(rest) => rest.rules,
+            // Should not happen (each remaining rule parsed on its own); say what is known.
+            Err(_) => {
+                diagnostics.push(first_diag);
+                return diagnostics;
+            }
+        }
+    };
+    for rule in &good_rules {
+        let name = &rule.value.name;
+        names.push((
+            name.value.clone(),
+            name.referenced.line(),
+            name.referenced.column(),
+            true,
+        ));
+    }
+    names.sort_by_key(|(_, line, column, _)| (*line, *column));
     let mut first_seen: std::collections::HashMap<&str, (u64, bool)> = std::collections::HashMap::new();
-    for (name, parsed) in &names {
-        match first_seen.get(name.value.as_str()) {
+    for (name, line, column, parsed) in &names {
+        match first_seen.get(name.as_str()) {
             // Two rules that parsed: validation reports it.
             Some((_, true)) if *parsed => {}
-            Some((line, _)) => diagnostics.push(Diagnostic {
-                line: name.referenced.line(),
-                column: name.referenced.column(),
-                rule: Some(name.value.clone()),
-                message: format!("duplicate rule name (first used on line {line}); give each rule its own name"),
+            Some((first, _)) => diagnostics.push(Diagnostic {
+                line: *line,
+                column: *column,
+                rule: Some(name.clone()),
+                message: format!("duplicate rule name (first used on line {first}); give each rule its own name"),
             }),
             None => {
-                first_seen.insert(&name.value, (name.referenced.line(), *parsed));
+                first_seen.insert(name, (*line, *parsed));
             }
         }
     }
@@ -352,17 +420,74 @@ fn rule_lines(lines: &[&str], start: u64, next_start: Option<u64>) -> Option<(u6
 /// A serde-saphyr error as a diagnostic, with a hint for misspelt keys.
 fn from_serde(e: &serde_saphyr::Error, rule: Option<String>) -> Diagnostic {
     let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-    let text = e.without_snippet().to_string();
-    let message = match text.rsplit_once(" at line ") {
-        Some((msg, _)) => msg.to_string(),
-        None => text,
-    };
+    // An error about an aliased value wraps the error itself with where the anchor was defined
+    // and used; the position above is the use. The message is the wrapped error's.
+    let mut inner = e;
+    let mut through_alias = false;
+    loop {
+        match inner {
+            serde_saphyr::Error::WithSnippet { error, .. } => inner = error,
+            serde_saphyr::Error::AliasError { error, .. } => {
+                through_alias = true;
+                inner = error;
+            }
+            _ => break,
+        }
+    }
+    let message = limit_message(inner, through_alias).unwrap_or_else(|| {
+        let text = inner.to_string();
+        let message = match text.rsplit_once(" at line ") {
+            Some((msg, _)) => msg.to_string(),
+            None => text,
+        };
+        hint_unknown_field(&message)
+    });
     Diagnostic {
         line,
         column,
         rule,
-        message: hint_unknown_field(&message),
+        message,
     }
+}
+
+/// What a breached parser limit (see [`parse`]) means for the file, in its terms rather than
+/// the parser's (`budget breached: Nodes { nodes: 1000001 }`).
+fn limit_message(e: &serde_saphyr::Error, through_alias: bool) -> Option<String> {
+    use serde_saphyr::Error as E;
+    use serde_saphyr::budget::BudgetBreach as B;
+    const ALIASES: &str = "through aliases (`*name`) that repeat anchors (`&name`)";
+    let expands = |what: String| {
+        if through_alias {
+            format!("the file expands to more than {what} {ALIASES}")
+        } else {
+            format!("the file holds more than {what}")
+        }
+    };
+    Some(match e {
+        E::AliasReplayLimitExceeded { .. }
+        | E::AliasReplayCounterOverflow { .. }
+        | E::AliasExpansionLimitExceeded { .. } => {
+            format!("the file expands to more than {MAX_ALIAS_VALUES} values {ALIASES}")
+        }
+        E::AliasReplayStackDepthExceeded { max_depth, .. } => {
+            format!("aliases nested more than {max_depth} deep")
+        }
+        E::Budget { breach, .. } => match breach {
+            B::Nodes { .. } | B::Events { .. } => expands(format!("{MAX_YAML_VALUES} YAML values")),
+            B::ScalarBytes { .. } => expands(format!("{} MiB of text", (2 * MAX_FILE_BYTES) >> 20)),
+            B::RecordedAnchorEvents { .. } | B::RecordedAnchorBytes { .. } | B::Aliases { .. } | B::Anchors { .. } => {
+                "the file uses too many anchors (`&name`) and aliases (`*name`)".to_string()
+            }
+            B::Depth { depth } => format!("nested more than {} levels deep", depth.saturating_sub(1)),
+            B::Documents { .. } => "too many YAML documents (`---`); a rule file is one document".to_string(),
+            _ => return None,
+        },
+        // granit's limit on nested flow collections (`[[[…`, 255 deep).
+        other if other.to_string().starts_with("recursion limit exceeded") => {
+            "nested more than 255 levels deep in `[…]` or `{…}`".to_string()
+        }
+        _ => return None,
+    })
 }
 
 /// `unknown field `maxln`, expected one of a, b` → "unknown key `maxln`; did you mean `maxlen`?"
