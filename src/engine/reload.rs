@@ -116,7 +116,7 @@ impl Reloader {
     pub async fn start(path: impl Into<PathBuf>, mut supervisor: Supervisor) -> Result<Reloader, ConfigError> {
         let path = path.into();
         let (text, digest) = read(path.clone()).await?;
-        let set = config::load_str(&text, &path.display().to_string())?;
+        let set = validate(text, path.display().to_string()).await?;
         supervisor.apply(&set).await;
         let stats = Arc::new(ReloadStats::default());
         stats.generation.store(1, Ordering::Relaxed);
@@ -182,7 +182,7 @@ impl Reloader {
             return ReloadOutcome::Unchanged;
         }
         self.last_seen = digest;
-        let set = match config::load_str(&text, &file) {
+        let set = match validate(text, file).await {
             Ok(set) => set,
             Err(e) => return self.reject(trigger, Some(&hash), &e),
         };
@@ -306,6 +306,20 @@ async fn read(path: PathBuf) -> Result<(String, [u8; 32]), ConfigError> {
         Err(ConfigError::Io {
             path: shown,
             source: std::io::Error::other(format!("the reading task failed: {e}")),
+        })
+    })
+}
+
+/// Parse and validate the text on the blocking pool: a large or hostile file (10,000 rules,
+/// aliases up to the parser's limits) takes up to a second or two of CPU, which must not hold
+/// a runtime thread that rules need.
+async fn validate(text: String, file: String) -> Result<config::RuleSet, ConfigError> {
+    let shown = file.clone();
+    let task = tokio::task::spawn_blocking(move || config::load_str(&text, &file));
+    task.await.unwrap_or_else(|e| {
+        Err(ConfigError::Io {
+            path: shown,
+            source: std::io::Error::other(format!("the validating task failed: {e}")),
         })
     })
 }
