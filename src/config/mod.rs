@@ -594,6 +594,92 @@ mod tests {
     }
 
     #[test]
+    fn read_takes_only_a_regular_file_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let kind = |p: &Path| match read(p) {
+            Err(ConfigError::NotAFile { kind, .. }) => kind,
+            other => panic!("{p:?}: {other:?}"),
+        };
+        assert_eq!(kind(d), "a directory");
+        assert_eq!(kind(Path::new("/dev/zero")), "a character device");
+        let fifo = d.join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert_eq!(kind(&fifo), "a FIFO");
+        // A symlink to a regular file is read; one to a device is not.
+        std::fs::write(d.join("real.yaml"), "rules: []\n").unwrap();
+        std::os::unix::fs::symlink("real.yaml", d.join("link.yaml")).unwrap();
+        assert_eq!(read(&d.join("link.yaml")).unwrap(), "rules: []\n");
+        std::os::unix::fs::symlink("/dev/zero", d.join("zero.yaml")).unwrap();
+        assert_eq!(kind(&d.join("zero.yaml")), "a character device");
+        // One byte over the limit (sparse: nothing is written).
+        let big = d.join("big.yaml");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_FILE_BYTES + 1)
+            .unwrap();
+        assert!(matches!(read(&big), Err(ConfigError::TooLarge { size, .. }) if size == MAX_FILE_BYTES + 1));
+        std::fs::File::create(&big).unwrap().set_len(MAX_FILE_BYTES).unwrap();
+        assert_eq!(read(&big).unwrap().len() as u64, MAX_FILE_BYTES);
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_a_mistake_with_its_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.yaml");
+        std::fs::write(&p, b"rules:\n  - name: \xc3\xa9t\xff\n").unwrap();
+        let e = read(&p).unwrap_err();
+        assert_eq!(
+            e.diagnostics()[0].render("r.yaml"),
+            "r.yaml:2:13: not UTF-8 text (byte 0xFF); save the file as UTF-8"
+        );
+    }
+
+    #[test]
+    fn breached_limits_are_said_in_the_files_terms() {
+        let deep = format!("rules: {}{}\n", "[".repeat(300), "]".repeat(300));
+        let e = errors(&deep);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].ends_with(": nested more than 255 levels deep in `[…]` or `{…}`"),
+            "{e:?}"
+        );
+        let mut block = String::from("rules:\n");
+        for level in 0..100 {
+            block.push_str(&format!("{}- \n", "  ".repeat(level + 1)));
+        }
+        let e = errors(&block);
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("r.yaml:65:") && l.ends_with(": nested more than 64 levels deep")),
+            "{e:?}"
+        );
+        let mut laughs = String::from("x: &l0 [a, a, a, a, a, a, a, a, a, a]\n");
+        for level in 1..7 {
+            laughs.push_str(&format!(
+                "x{level}: &l{level} [{}]\n",
+                vec![format!("*l{}", level - 1); 10].join(", ")
+            ));
+        }
+        let e = errors(&format!(
+            "rules:\n  - name: a\n    source: {{ channel: x }}\n    sinks: [ {{ stream: y }} ]\n    transform:\n{}",
+            laughs.lines().map(|l| format!("      {l}\n")).collect::<String>()
+        ));
+        assert_eq!(
+            e,
+            vec![
+                "r.yaml:10:51: the file expands to more than 100000 values through aliases (`*name`) that repeat anchors (`&name`)"
+            ]
+        );
+    }
+
+    #[test]
     fn edit_distances() {
         assert_eq!(edit_distance("maxln", "maxlen"), 1);
         assert_eq!(edit_distance("", "abc"), 3);
