@@ -160,31 +160,27 @@ impl Reloader {
     /// does nothing (reading the file, touching it or a second event of one write must not
     /// restart anything); a [`ReloadTrigger::Signal`] always reads and validates.
     pub async fn reload(&mut self, trigger: ReloadTrigger) -> ReloadOutcome {
-        let read = read(self.path.clone()).await;
-        self.apply_read(trigger, read).await
+        let prepared = prepare(self.path.clone(), trigger, self.last_seen).await;
+        self.apply(trigger, prepared).await
     }
 
-    /// The rest of [`Reloader::reload`], once the file has been read (or could not be).
-    async fn apply_read(
-        &mut self,
-        trigger: ReloadTrigger,
-        read: Result<(String, [u8; 32]), ConfigError>,
-    ) -> ReloadOutcome {
-        let file = self.path.display().to_string();
-        let (text, digest) = match read {
-            Ok(read) => read,
-            Err(e) => return self.reject(trigger, None, &e),
-        };
-        let hash = short_hash(&digest);
-        if trigger == ReloadTrigger::FileChanged && digest == self.last_seen {
-            ReloadStats::add(&self.stats.unchanged);
-            debug!(hash = %hash, "Rule file event without a change of content; nothing to reload.");
-            return ReloadOutcome::Unchanged;
-        }
-        self.last_seen = digest;
-        let set = match validate(text, file).await {
-            Ok(set) => set,
-            Err(e) => return self.reject(trigger, Some(&hash), &e),
+    /// The rest of [`Reloader::reload`], once the file has been read and validated.
+    async fn apply(&mut self, trigger: ReloadTrigger, prepared: Prepared) -> ReloadOutcome {
+        let (hash, set) = match prepared {
+            Prepared::Unreadable(e) => return self.reject(trigger, None, &e),
+            Prepared::Unchanged { hash } => {
+                ReloadStats::add(&self.stats.unchanged);
+                debug!(hash = %hash, "Rule file event without a change of content; nothing to reload.");
+                return ReloadOutcome::Unchanged;
+            }
+            Prepared::Invalid { digest, hash, error } => {
+                self.last_seen = digest;
+                return self.reject(trigger, Some(&hash), &error);
+            }
+            Prepared::Valid { digest, hash, set } => {
+                self.last_seen = digest;
+                (hash, set)
+            }
         };
         let (diff, handovers) = self.supervisor.apply_with_handovers(&set).await;
         let duplicates: u64 = handovers.iter().map(|h| h.duplicates_at_most).sum();
@@ -270,14 +266,15 @@ impl Reloader {
                 trigger = trigger.merge(more);
             }
             // Reading cannot wait on a FIFO (see `config::read`), but a file on a hung network
-            // mount can: a stop must not wait for it. Applying is not raced: a diff half
-            // applied would leave rules neither old nor new.
-            let read = tokio::select! {
+            // mount can, and a file at the parser's limits takes seconds to refuse: a stop
+            // waits for neither (both run on the blocking pool and change nothing). Applying
+            // is not raced: a diff half applied would leave rules neither old nor new.
+            let prepared = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
-                read = read(self.path.clone()) => read,
+                prepared = prepare(self.path.clone(), trigger, self.last_seen) => prepared,
             };
-            self.apply_read(trigger, read).await;
+            self.apply(trigger, prepared).await;
         }
     }
 
@@ -290,6 +287,44 @@ impl Reloader {
 impl ReloadStats {
     fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A read and validated file, before anything is counted or applied.
+enum Prepared {
+    /// The file could not be read.
+    Unreadable(ConfigError),
+    /// A file event, and the content is the one seen last.
+    Unchanged { hash: String },
+    /// New content with mistakes.
+    Invalid {
+        digest: [u8; 32],
+        hash: String,
+        error: ConfigError,
+    },
+    /// New content, valid.
+    Valid {
+        digest: [u8; 32],
+        hash: String,
+        set: config::RuleSet,
+    },
+}
+
+/// Read the file and, unless a file event finds the content seen last (`last_seen`), validate
+/// it. Changes nothing, so it can be abandoned at any point.
+async fn prepare(path: PathBuf, trigger: ReloadTrigger, last_seen: [u8; 32]) -> Prepared {
+    let file = path.display().to_string();
+    let (text, digest) = match read(path).await {
+        Ok(read) => read,
+        Err(e) => return Prepared::Unreadable(e),
+    };
+    let hash = short_hash(&digest);
+    if trigger == ReloadTrigger::FileChanged && digest == last_seen {
+        return Prepared::Unchanged { hash };
+    }
+    match validate(text, file).await {
+        Ok(set) => Prepared::Valid { digest, hash, set },
+        Err(error) => Prepared::Invalid { digest, hash, error },
     }
 }
 
