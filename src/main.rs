@@ -193,7 +193,12 @@ fn main() -> ExitCode {
                 dry_run,
                 reload_debounce,
             };
-            match runtime.block_on(run(&config, options)) {
+            let result = runtime.block_on(run(&config, options));
+            // `run` has awaited every task it started. What may remain is a read of the rule
+            // file stuck in the kernel (a hung network mount), which a stop no longer waits
+            // for: dropping the runtime normally would wait for it after all.
+            runtime.shutdown_background();
+            match result {
                 Ok(code) => code,
                 Err(e) => {
                     error!("{}", redis_router::mask::text(&format!("{e:#}")));
@@ -416,7 +421,14 @@ async fn run(path: &Path, options: RunOptions) -> anyhow::Result<ExitCode> {
     let root = CancellationToken::new();
     let stats = StatsRegistry::default();
     let supervisor = Supervisor::new(root.clone(), stats.clone(), drain_timeout).with_dry_run(dry_run);
-    let mut reloader = match Reloader::start(path, supervisor).await {
+    // The handlers above replace the default action of SIGTERM and SIGINT, so they must be
+    // answered while the first load runs too.
+    let started = tokio::select! {
+        started = Reloader::start(path, supervisor) => started,
+        _ = sigterm.recv() => { info!(signal = "SIGTERM", "Stopping before the rules were loaded."); return Ok(ExitCode::SUCCESS); }
+        _ = sigint.recv() => { info!(signal = "SIGINT", "Stopping before the rules were loaded."); return Ok(ExitCode::SUCCESS); }
+    };
+    let mut reloader = match started {
         Ok(r) => r,
         Err(e) => {
             print_config_error(&e);

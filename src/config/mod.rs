@@ -1,8 +1,9 @@
 //! Loading the rule file: read, parse, validate, and report every mistake with its position.
 //!
 //! `raw.rs` mirrors the YAML, `validate.rs` turns it into the [`RuleSet`] of `spec.rs`, `env.rs`
-//! expands `${VAR}`. This module owns the error type and the recovery that lets one run report
-//! a broken key in several rules at once (serde stops at the first).
+//! expands `${VAR}`. This module owns reading the file (bounded, never blocking on a special
+//! file), the parser's budget, the error type, and the recovery that lets one run report a
+//! broken key in several rules at once (serde stops at the first).
 
 mod env;
 mod raw;
@@ -10,6 +11,8 @@ mod spec;
 mod validate;
 
 use std::fmt;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 use serde::Deserialize;
@@ -55,6 +58,12 @@ impl Diagnostic {
     }
 }
 
+/// The most a rule file may hold: 8 MiB. Ten thousand rules of a few lines each take about
+/// 1.4 MB; the limit bounds the memory and time a file can cost (the parse of a file at the
+/// limit takes well under a second and a few hundred MB at worst), so that a 50 MB file, a
+/// device that never ends or a file that keeps growing is refused instead of read.
+pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Why a rule file could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -66,6 +75,25 @@ pub enum ConfigError {
         /// What the OS said.
         #[source]
         source: std::io::Error,
+    },
+    /// A FIFO, a directory, a socket or a device where the file should be: reading it could
+    /// wait for a writer forever or never end, so it is not read at all.
+    #[error(
+        "cannot read {path}: it is {kind}, not a regular file (a rule file must be a regular file or a symlink to one)"
+    )]
+    NotAFile {
+        /// The file, as given.
+        path: String,
+        /// What it is instead ("a FIFO").
+        kind: &'static str,
+    },
+    /// Larger than [`MAX_FILE_BYTES`].
+    #[error("cannot read {path}: it holds {size} bytes, more than the {} MiB a rule file may hold", MAX_FILE_BYTES >> 20)]
+    TooLarge {
+        /// The file, as given.
+        path: String,
+        /// Its size when it was refused (at least this much, for a file that grew while read).
+        size: u64,
     },
     /// The file has mistakes; every one is listed.
     #[error("{}", render_all(file, diagnostics))]
@@ -90,7 +118,7 @@ impl ConfigError {
     pub fn diagnostics(&self) -> &[Diagnostic] {
         match self {
             ConfigError::Invalid { diagnostics, .. } => diagnostics,
-            ConfigError::Io { .. } => &[],
+            ConfigError::Io { .. } | ConfigError::NotAFile { .. } | ConfigError::TooLarge { .. } => &[],
         }
     }
 }
@@ -98,13 +126,90 @@ impl ConfigError {
 /// Read and validate a rule file.
 ///
 /// # Errors
-/// [`ConfigError::Io`] when it cannot be read, [`ConfigError::Invalid`] with every mistake.
+/// As [`read`], and [`ConfigError::Invalid`] with every mistake.
 pub fn load(path: &Path) -> Result<RuleSet, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text = read(path)?;
     load_str(&text, &path.display().to_string())
+}
+
+/// Read a rule file's text, refusing anything that could block or take unbounded time or
+/// memory: only a regular file (or a symlink to one) of at most [`MAX_FILE_BYTES`] is read.
+///
+/// The file is opened with `O_NONBLOCK`, so that a FIFO swapped in between the check and the
+/// open cannot make the open wait for a writer, and what was opened is checked again (fstat)
+/// before a byte is read. At most one byte more than the limit is read, so a file that grows
+/// while it is read costs no more than the limit. This is blocking file I/O: async callers run
+/// it on the blocking pool.
+///
+/// # Errors
+/// [`ConfigError::NotAFile`] for a FIFO, directory, socket or device; [`ConfigError::TooLarge`];
+/// [`ConfigError::Io`] when it cannot be opened or read; [`ConfigError::Invalid`] (with the line
+/// and column of the first bad byte) when it is not UTF-8.
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    let name = || path.display().to_string();
+    let io = |source| ConfigError::Io { path: name(), source };
+    // stat first: a socket cannot be opened at all, and a clear "it is a FIFO" beats what
+    // open() would say.
+    check_regular(&std::fs::metadata(path).map_err(io)?, path)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io)?;
+    let opened = file.metadata().map_err(io)?;
+    check_regular(&opened, path)?;
+    let too_large = |size: u64| ConfigError::TooLarge { path: name(), size };
+    if opened.len() > MAX_FILE_BYTES {
+        return Err(too_large(opened.len()));
+    }
+    // Capacity from the size as opened (bounded above); a file that grows reallocates, up to
+    // the limit and one byte.
+    let mut bytes = Vec::with_capacity(opened.len() as usize);
+    (&file).take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        let now = file.metadata().map(|m| m.len()).unwrap_or(0);
+        return Err(too_large(now.max(bytes.len() as u64)));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+        let line_start = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(&valid[line_start..]).chars().count() as u64 + 1;
+        let byte = e.as_bytes().get(valid.len()).copied().unwrap_or(0);
+        ConfigError::Invalid {
+            file: name(),
+            diagnostics: vec![Diagnostic {
+                line,
+                column,
+                rule: None,
+                message: format!("not UTF-8 text (byte 0x{byte:02X}); save the file as UTF-8"),
+            }],
+        }
+    })
+}
+
+/// Refuse anything but a regular file, naming what it is.
+fn check_regular(meta: &std::fs::Metadata, path: &Path) -> Result<(), ConfigError> {
+    let t = meta.file_type();
+    let kind = if t.is_file() {
+        return Ok(());
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "a special file"
+    };
+    Err(ConfigError::NotAFile {
+        path: path.display().to_string(),
+        kind,
+    })
 }
 
 /// Validate rule-file text; `file` names it in errors. Environment variables come from the
@@ -130,18 +235,51 @@ pub fn load_str_with_env(text: &str, file: &str, env: &dyn Fn(&str) -> Option<St
             diagnostics,
         }
     };
-    match serde_saphyr::from_str::<RawFile>(text) {
+    match parse::<RawFile>(text) {
         Ok(raw) => validate::validate(raw, env).map_err(invalid),
         Err(first) => Err(invalid(recover(text, first, env))),
     }
 }
 
+/// Most YAML values (mappings, lists, scalars) a file may hold or expand to. Ten thousand
+/// rules with filters, transforms and test cases hold a few hundred thousand; serde-saphyr's
+/// default (250,000) would refuse them.
+const MAX_YAML_VALUES: usize = 1_000_000;
+
+/// Most values aliases (`*name`) may repeat in all. A file uses aliases to share a connection
+/// or a sink between rules, a few values each; nine levels of nine aliases (a "billion laughs")
+/// would repeat 387 million, and are refused here after a fraction of a second.
+const MAX_ALIAS_VALUES: usize = 100_000;
+
+/// Parse YAML under the limits above, the serde-saphyr defaults for nesting (64 levels of
+/// block, 255 of flow collections) and documents, and at most twice [`MAX_FILE_BYTES`] of
+/// scalar text (aliases of a long string multiply text, not values). What a file can cost to
+/// parse is bounded by these, whatever it holds.
+fn parse<'de, T: Deserialize<'de>>(text: &'de str) -> Result<T, serde_saphyr::Error> {
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_nodes: MAX_YAML_VALUES,
+            max_events: 2 * MAX_YAML_VALUES,
+            max_total_scalar_bytes: 2 * MAX_FILE_BYTES as usize,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: MAX_ALIAS_VALUES,
+        },
+    };
+    serde_saphyr::from_str_with_options(text, options)
+}
+
 /// serde stops at the first structural mistake. To report more than one, parse the file again
-/// with the rules left unread, then each rule on its own (its lines, padded so that line numbers
-/// stay true), and validate whatever parsed.
+/// with the rules left unread, then each rule's lines on their own to learn which do not parse
+/// (their errors shifted to the rule's place in the file), then the file once more with those
+/// rules blanked out (their lines kept, empty, so that every position stays true), and validate
+/// what that gives.
+///
+/// Each step costs time in proportion to the file, never to the square of it: a rule is never
+/// parsed behind padding that stands for the lines above it.
 fn recover(text: &str, first: serde_saphyr::Error, env: &dyn Fn(&str) -> Option<String>) -> Vec<Diagnostic> {
     let first_diag = from_serde(&first, None);
-    let outline = match serde_saphyr::from_str::<RawFileOutline>(text) {
+    let outline = match parse::<RawFileOutline>(text) {
         Ok(outline) => outline,
         // YAML that does not parse at all, or a broken top-level key: nothing more to learn.
         Err(e) => {
@@ -149,49 +287,84 @@ fn recover(text: &str, first: serde_saphyr::Error, env: &dyn Fn(&str) -> Option<
             return if d == first_diag { vec![d] } else { vec![d, first_diag] };
         }
     };
-    let lines: Vec<&str> = text.lines().collect();
+    let mut lines: Vec<&str> = text.lines().collect();
     let starts: Vec<u64> = outline.rules.iter().map(|r| r.referenced.line()).collect();
     let mut diagnostics = Vec::new();
-    let mut good_rules = Vec::new();
-    // Every rule's name in file order, and whether it parsed: a rule that does not parse still
-    // counts for duplicate names (validation only sees the ones that did).
-    let mut names: Vec<(Spanned<String>, bool)> = Vec::new();
+    // Every rule's name with its position, in file order, and whether the rule parsed: a rule
+    // that does not parse still counts for duplicate names (validation sees only the others).
+    let mut names: Vec<(String, u64, u64, bool)> = Vec::new();
+    let mut broken: Vec<(usize, usize)> = Vec::new();
     for (i, &start) in starts.iter().enumerate() {
-        let Some(slice) = rule_lines(&lines, start, starts.get(i + 1).copied()) else {
+        let Some((first_line, slice)) = rule_lines(&lines, start, starts.get(i + 1).copied()) else {
             return vec![first_diag];
         };
-        let padded = format!("{}{}", "\n".repeat(slice.0 as usize - 1), slice.1);
-        match serde_saphyr::from_str::<Vec<Spanned<RawRule>>>(&padded) {
-            Ok(mut rules) if rules.len() == 1 => {
-                if let Some(rule) = rules.pop() {
-                    names.push((rule.value.name.clone(), true));
-                    good_rules.push(rule);
-                }
-            }
+        let shift = first_line - 1;
+        // serde reads in file order: the rules wholly before its first error parsed.
+        let end = first_line + slice.split('\n').count() as u64;
+        if end <= first_diag.line {
+            continue;
+        }
+        match parse::<Vec<RawRule>>(&slice) {
+            Ok(rules) if rules.len() == 1 => continue,
             Ok(_) => return vec![first_diag],
             Err(e) => {
-                let name = serde_saphyr::from_str::<Vec<NameOnly>>(&padded)
+                let name = parse::<Vec<NameOnly>>(&slice)
                     .ok()
                     .and_then(|v| v.into_iter().next())
                     .and_then(|n| n.name);
-                diagnostics.push(from_serde(&e, name.as_ref().map(|n| n.value.clone())));
-                names.extend(name.map(|n| (n, false)));
+                let mut d = from_serde(&e, name.as_ref().map(|n| n.value.clone()));
+                if d.line > 0 {
+                    d.line += shift;
+                }
+                diagnostics.push(d);
+                if let Some(n) = name {
+                    names.push((n.value, n.referenced.line() + shift, n.referenced.column(), false));
+                }
+                broken.push((shift as usize, slice.split('\n').count()));
             }
         }
     }
+    for &(from, count) in &broken {
+        for line in lines.iter_mut().skip(from).take(count) {
+            *line = "";
+        }
+    }
+    let good_rules = if broken.len() == starts.len() {
+        // Nothing left to parse (and `rules:` with nothing under it would read as null).
+        Vec::new()
+    } else {
+        match parse::<RawFile>(&lines.join("\n")) {
+            Ok(rest) => rest.rules,
+            // Should not happen (each remaining rule parsed on its own); say what is known.
+            Err(_) => {
+                diagnostics.push(first_diag);
+                return diagnostics;
+            }
+        }
+    };
+    for rule in &good_rules {
+        let name = &rule.value.name;
+        names.push((
+            name.value.clone(),
+            name.referenced.line(),
+            name.referenced.column(),
+            true,
+        ));
+    }
+    names.sort_by_key(|(_, line, column, _)| (*line, *column));
     let mut first_seen: std::collections::HashMap<&str, (u64, bool)> = std::collections::HashMap::new();
-    for (name, parsed) in &names {
-        match first_seen.get(name.value.as_str()) {
+    for (name, line, column, parsed) in &names {
+        match first_seen.get(name.as_str()) {
             // Two rules that parsed: validation reports it.
             Some((_, true)) if *parsed => {}
-            Some((line, _)) => diagnostics.push(Diagnostic {
-                line: name.referenced.line(),
-                column: name.referenced.column(),
-                rule: Some(name.value.clone()),
-                message: format!("duplicate rule name (first used on line {line}); give each rule its own name"),
+            Some((first, _)) => diagnostics.push(Diagnostic {
+                line: *line,
+                column: *column,
+                rule: Some(name.clone()),
+                message: format!("duplicate rule name (first used on line {first}); give each rule its own name"),
             }),
             None => {
-                first_seen.insert(&name.value, (name.referenced.line(), *parsed));
+                first_seen.insert(name, (*line, *parsed));
             }
         }
     }
@@ -258,17 +431,74 @@ fn rule_lines(lines: &[&str], start: u64, next_start: Option<u64>) -> Option<(u6
 /// A serde-saphyr error as a diagnostic, with a hint for misspelt keys.
 fn from_serde(e: &serde_saphyr::Error, rule: Option<String>) -> Diagnostic {
     let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-    let text = e.without_snippet().to_string();
-    let message = match text.rsplit_once(" at line ") {
-        Some((msg, _)) => msg.to_string(),
-        None => text,
-    };
+    // An error about an aliased value wraps the error itself with where the anchor was defined
+    // and used; the position above is the use. The message is the wrapped error's.
+    let mut inner = e;
+    let mut through_alias = false;
+    loop {
+        match inner {
+            serde_saphyr::Error::WithSnippet { error, .. } => inner = error,
+            serde_saphyr::Error::AliasError { error, .. } => {
+                through_alias = true;
+                inner = error;
+            }
+            _ => break,
+        }
+    }
+    let message = limit_message(inner, through_alias).unwrap_or_else(|| {
+        let text = inner.to_string();
+        let message = match text.rsplit_once(" at line ") {
+            Some((msg, _)) => msg.to_string(),
+            None => text,
+        };
+        hint_unknown_field(&message)
+    });
     Diagnostic {
         line,
         column,
         rule,
-        message: hint_unknown_field(&message),
+        message,
     }
+}
+
+/// What a breached parser limit (see [`parse`]) means for the file, in its terms rather than
+/// the parser's (`budget breached: Nodes { nodes: 1000001 }`).
+fn limit_message(e: &serde_saphyr::Error, through_alias: bool) -> Option<String> {
+    use serde_saphyr::Error as E;
+    use serde_saphyr::budget::BudgetBreach as B;
+    const ALIASES: &str = "through aliases (`*name`) that repeat anchors (`&name`)";
+    let expands = |what: String| {
+        if through_alias {
+            format!("the file expands to more than {what} {ALIASES}")
+        } else {
+            format!("the file holds more than {what}")
+        }
+    };
+    Some(match e {
+        E::AliasReplayLimitExceeded { .. }
+        | E::AliasReplayCounterOverflow { .. }
+        | E::AliasExpansionLimitExceeded { .. } => {
+            format!("the file expands to more than {MAX_ALIAS_VALUES} values {ALIASES}")
+        }
+        E::AliasReplayStackDepthExceeded { max_depth, .. } => {
+            format!("aliases nested more than {max_depth} deep")
+        }
+        E::Budget { breach, .. } => match breach {
+            B::Nodes { .. } | B::Events { .. } => expands(format!("{MAX_YAML_VALUES} YAML values")),
+            B::ScalarBytes { .. } => expands(format!("{} MiB of text", (2 * MAX_FILE_BYTES) >> 20)),
+            B::RecordedAnchorEvents { .. } | B::RecordedAnchorBytes { .. } | B::Aliases { .. } | B::Anchors { .. } => {
+                "the file uses too many anchors (`&name`) and aliases (`*name`)".to_string()
+            }
+            B::Depth { depth } => format!("nested more than {} levels deep", depth.saturating_sub(1)),
+            B::Documents { .. } => "too many YAML documents (`---`); a rule file is one document".to_string(),
+            _ => return None,
+        },
+        // granit's limit on nested flow collections (`[[[…`, 255 deep).
+        other if other.to_string().starts_with("recursion limit exceeded") => {
+            "nested more than 255 levels deep in `[…]` or `{…}`".to_string()
+        }
+        _ => return None,
+    })
 }
 
 /// `unknown field `maxln`, expected one of a, b` → "unknown key `maxln`; did you mean `maxlen`?"
@@ -372,6 +602,92 @@ mod tests {
         let e = errors("rules: [\n");
         assert_eq!(e.len(), 1);
         assert!(e[0].starts_with("r.yaml:1:8: "), "{e:?}");
+    }
+
+    #[test]
+    fn read_takes_only_a_regular_file_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let kind = |p: &Path| match read(p) {
+            Err(ConfigError::NotAFile { kind, .. }) => kind,
+            other => panic!("{p:?}: {other:?}"),
+        };
+        assert_eq!(kind(d), "a directory");
+        assert_eq!(kind(Path::new("/dev/zero")), "a character device");
+        let fifo = d.join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert_eq!(kind(&fifo), "a FIFO");
+        // A symlink to a regular file is read; one to a device is not.
+        std::fs::write(d.join("real.yaml"), "rules: []\n").unwrap();
+        std::os::unix::fs::symlink("real.yaml", d.join("link.yaml")).unwrap();
+        assert_eq!(read(&d.join("link.yaml")).unwrap(), "rules: []\n");
+        std::os::unix::fs::symlink("/dev/zero", d.join("zero.yaml")).unwrap();
+        assert_eq!(kind(&d.join("zero.yaml")), "a character device");
+        // One byte over the limit (sparse: nothing is written).
+        let big = d.join("big.yaml");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_FILE_BYTES + 1)
+            .unwrap();
+        assert!(matches!(read(&big), Err(ConfigError::TooLarge { size, .. }) if size == MAX_FILE_BYTES + 1));
+        std::fs::File::create(&big).unwrap().set_len(MAX_FILE_BYTES).unwrap();
+        assert_eq!(read(&big).unwrap().len() as u64, MAX_FILE_BYTES);
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_a_mistake_with_its_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.yaml");
+        std::fs::write(&p, b"rules:\n  - name: \xc3\xa9t\xff\n").unwrap();
+        let e = read(&p).unwrap_err();
+        assert_eq!(
+            e.diagnostics()[0].render("r.yaml"),
+            "r.yaml:2:13: not UTF-8 text (byte 0xFF); save the file as UTF-8"
+        );
+    }
+
+    #[test]
+    fn breached_limits_are_said_in_the_files_terms() {
+        let deep = format!("rules: {}{}\n", "[".repeat(300), "]".repeat(300));
+        let e = errors(&deep);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].ends_with(": nested more than 255 levels deep in `[…]` or `{…}`"),
+            "{e:?}"
+        );
+        let mut block = String::from("rules:\n");
+        for level in 0..100 {
+            block.push_str(&format!("{}- \n", "  ".repeat(level + 1)));
+        }
+        let e = errors(&block);
+        assert!(
+            e.iter()
+                .any(|l| l.starts_with("r.yaml:65:") && l.ends_with(": nested more than 64 levels deep")),
+            "{e:?}"
+        );
+        let mut laughs = String::from("x: &l0 [a, a, a, a, a, a, a, a, a, a]\n");
+        for level in 1..7 {
+            laughs.push_str(&format!(
+                "x{level}: &l{level} [{}]\n",
+                vec![format!("*l{}", level - 1); 10].join(", ")
+            ));
+        }
+        let e = errors(&format!(
+            "rules:\n  - name: a\n    source: {{ channel: x }}\n    sinks: [ {{ stream: y }} ]\n    transform:\n{}",
+            laughs.lines().map(|l| format!("      {l}\n")).collect::<String>()
+        ));
+        assert_eq!(
+            e,
+            vec![
+                "r.yaml:10:51: the file expands to more than 100000 values through aliases (`*name`) that repeat anchors (`&name`)"
+            ]
+        );
     }
 
     #[test]

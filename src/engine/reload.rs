@@ -122,8 +122,8 @@ impl Reloader {
     /// The [`ConfigError`] of a file that cannot be read or is invalid; nothing is started.
     pub async fn start(path: impl Into<PathBuf>, mut supervisor: Supervisor) -> Result<Reloader, ConfigError> {
         let path = path.into();
-        let (text, digest) = read(&path)?;
-        let set = config::load_str(&text, &path.display().to_string())?;
+        let (text, digest) = read(path.clone()).await?;
+        let set = validate(text, path.display().to_string()).await?;
         log_warnings(&set, &path.display().to_string());
         supervisor.apply(&set).await;
         let stats = Arc::new(ReloadStats::default());
@@ -168,46 +168,29 @@ impl Reloader {
     /// does nothing (reading the file, touching it or a second event of one write must not
     /// restart anything); a [`ReloadTrigger::Signal`] always reads and validates.
     pub async fn reload(&mut self, trigger: ReloadTrigger) -> ReloadOutcome {
-        let file = self.path.display().to_string();
-        let (text, digest) = match read(&self.path) {
-            Ok(read) => read,
-            Err(e) => {
-                ReloadStats::add(&self.stats.rejected);
-                error!(trigger = %trigger, error = %e, "Reload rejected: the rule file cannot be read; the running rules stay.");
-                self.stats.current().last_rejection = vec![e.to_string()];
-                return ReloadOutcome::Rejected;
+        let prepared = prepare(self.path.clone(), trigger, self.last_seen).await;
+        self.apply(trigger, prepared).await
+    }
+
+    /// The rest of [`Reloader::reload`], once the file has been read and validated.
+    async fn apply(&mut self, trigger: ReloadTrigger, prepared: Prepared) -> ReloadOutcome {
+        let (hash, set) = match prepared {
+            Prepared::Unreadable(e) => return self.reject(trigger, None, &e),
+            Prepared::Unchanged { hash } => {
+                ReloadStats::add(&self.stats.unchanged);
+                debug!(hash = %hash, "Rule file event without a change of content; nothing to reload.");
+                return ReloadOutcome::Unchanged;
+            }
+            Prepared::Invalid { digest, hash, error } => {
+                self.last_seen = digest;
+                return self.reject(trigger, Some(&hash), &error);
+            }
+            Prepared::Valid { digest, hash, set } => {
+                self.last_seen = digest;
+                (hash, set)
             }
         };
-        let hash = short_hash(&digest);
-        if trigger == ReloadTrigger::FileChanged && digest == self.last_seen {
-            ReloadStats::add(&self.stats.unchanged);
-            debug!(hash = %hash, "Rule file event without a change of content; nothing to reload.");
-            return ReloadOutcome::Unchanged;
-        }
-        self.last_seen = digest;
-        let set = match config::load_str(&text, &file) {
-            Ok(set) => set,
-            Err(e) => {
-                ReloadStats::add(&self.stats.rejected);
-                let rendered: Vec<String> = e.diagnostics().iter().map(|d| d.render(&file)).collect();
-                for (d, line) in e.diagnostics().iter().zip(&rendered) {
-                    error!(line = d.line, column = d.column, "{line}");
-                }
-                if rendered.is_empty() {
-                    error!(error = %e, "Rule file invalid.");
-                }
-                error!(
-                    trigger = %trigger,
-                    hash = %hash,
-                    errors = rendered.len(),
-                    generation = ReloadStats::get(&self.stats.generation),
-                    "Reload rejected; the running rules stay."
-                );
-                self.stats.current().last_rejection = rendered;
-                return ReloadOutcome::Rejected;
-            }
-        };
-        log_warnings(&set, &file);
+        log_warnings(&set, &self.path.display().to_string());
         let (diff, handovers) = self.supervisor.apply_with_handovers(&set).await;
         let duplicates: u64 = handovers.iter().map(|h| h.duplicates_at_most).sum();
         let missed: Vec<&str> = handovers
@@ -242,6 +225,40 @@ impl Reloader {
         ReloadOutcome::Applied { generation, diff }
     }
 
+    /// Count and log a rejected file, and leave the running rules alone: each mistake at ERROR
+    /// with its line and column (as `check` prints them), then one line saying the reload was
+    /// rejected, with why the file could not be read when it could not. `hash` is that of the
+    /// content, when there was content.
+    fn reject(&mut self, trigger: ReloadTrigger, hash: Option<&str>, e: &ConfigError) -> ReloadOutcome {
+        ReloadStats::add(&self.stats.rejected);
+        let file = self.path.display().to_string();
+        let generation = ReloadStats::get(&self.stats.generation);
+        let rendered: Vec<String> = e.diagnostics().iter().map(|d| d.render(&file)).collect();
+        for (d, line) in e.diagnostics().iter().zip(&rendered) {
+            error!(line = d.line, column = d.column, "{line}");
+        }
+        if rendered.is_empty() && hash.is_none() {
+            error!(trigger = %trigger, error = %e, generation, "Reload rejected: the rule file cannot be read; the running rules stay.");
+        } else {
+            if rendered.is_empty() {
+                error!(error = %e, "Rule file invalid.");
+            }
+            error!(
+                trigger = %trigger,
+                hash = hash.unwrap_or("-"),
+                errors = rendered.len(),
+                generation,
+                "Reload rejected; the running rules stay."
+            );
+        }
+        self.stats.current().last_rejection = if rendered.is_empty() {
+            vec![e.to_string()]
+        } else {
+            rendered
+        };
+        ReloadOutcome::Rejected
+    }
+
     /// Reload on every trigger from `triggers` until `stop` is cancelled or every sender is
     /// gone. Triggers that queue up during a reload are coalesced into one.
     pub async fn serve(&mut self, triggers: &mut mpsc::Receiver<ReloadTrigger>, stop: &CancellationToken) {
@@ -257,7 +274,16 @@ impl Reloader {
             while let Ok(more) = triggers.try_recv() {
                 trigger = trigger.merge(more);
             }
-            self.reload(trigger).await;
+            // Reading cannot wait on a FIFO (see `config::read`), but a file on a hung network
+            // mount can, and a file at the parser's limits takes seconds to refuse: a stop
+            // waits for neither (both run on the blocking pool and change nothing). Applying
+            // is not raced: a diff half applied would leave rules neither old nor new.
+            let prepared = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                prepared = prepare(self.path.clone(), trigger, self.last_seen) => prepared,
+            };
+            self.apply(trigger, prepared).await;
         }
     }
 
@@ -273,17 +299,73 @@ impl ReloadStats {
     }
 }
 
-/// The file's text and the SHA-256 of its bytes.
-fn read(path: &Path) -> Result<(String, [u8; 32]), ConfigError> {
-    let io = |source| ConfigError::Io {
-        path: path.display().to_string(),
-        source,
+/// A read and validated file, before anything is counted or applied.
+enum Prepared {
+    /// The file could not be read.
+    Unreadable(ConfigError),
+    /// A file event, and the content is the one seen last.
+    Unchanged { hash: String },
+    /// New content with mistakes.
+    Invalid {
+        digest: [u8; 32],
+        hash: String,
+        error: ConfigError,
+    },
+    /// New content, valid.
+    Valid {
+        digest: [u8; 32],
+        hash: String,
+        set: config::RuleSet,
+    },
+}
+
+/// Read the file and, unless a file event finds the content seen last (`last_seen`), validate
+/// it. Changes nothing, so it can be abandoned at any point.
+async fn prepare(path: PathBuf, trigger: ReloadTrigger, last_seen: [u8; 32]) -> Prepared {
+    let file = path.display().to_string();
+    let (text, digest) = match read(path).await {
+        Ok(read) => read,
+        Err(e) => return Prepared::Unreadable(e),
     };
-    let bytes = std::fs::read(path).map_err(io)?;
-    let digest: [u8; 32] = Sha256::digest(&bytes).into();
-    let text = String::from_utf8(bytes)
-        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error())))?;
-    Ok((text, digest))
+    let hash = short_hash(&digest);
+    if trigger == ReloadTrigger::FileChanged && digest == last_seen {
+        return Prepared::Unchanged { hash };
+    }
+    match validate(text, file).await {
+        Ok(set) => Prepared::Valid { digest, hash, set },
+        Err(error) => Prepared::Invalid { digest, hash, error },
+    }
+}
+
+/// The file's text (read by [`config::read`]: bounded, never waiting on a special file) and the
+/// SHA-256 of its bytes, on the blocking pool so that file I/O never holds a runtime thread.
+async fn read(path: PathBuf) -> Result<(String, [u8; 32]), ConfigError> {
+    let shown = path.display().to_string();
+    let task = tokio::task::spawn_blocking(move || {
+        let text = config::read(&path)?;
+        let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        Ok((text, digest))
+    });
+    task.await.unwrap_or_else(|e| {
+        Err(ConfigError::Io {
+            path: shown,
+            source: std::io::Error::other(format!("the reading task failed: {e}")),
+        })
+    })
+}
+
+/// Parse and validate the text on the blocking pool: a large or hostile file (10,000 rules,
+/// aliases up to the parser's limits) takes up to a second or two of CPU, which must not hold
+/// a runtime thread that rules need.
+async fn validate(text: String, file: String) -> Result<config::RuleSet, ConfigError> {
+    let shown = file.clone();
+    let task = tokio::task::spawn_blocking(move || config::load_str(&text, &file));
+    task.await.unwrap_or_else(|e| {
+        Err(ConfigError::Io {
+            path: shown,
+            source: std::io::Error::other(format!("the validating task failed: {e}")),
+        })
+    })
 }
 
 fn short_hash(digest: &[u8; 32]) -> String {

@@ -460,6 +460,31 @@ impl RouterProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("routes.yaml");
         std::fs::write(&file, yaml).expect("write rules");
+        let env: Vec<(&str, &str)> = instance.map(|i| ("REDIS_ROUTER_INSTANCE", i)).into_iter().collect();
+        Self::spawn(wrapper, dir, file, url, extra, &env)
+    }
+
+    /// Run `redis-router run -c file` where `file` (already written, maybe through symlinks)
+    /// lies under `dir`; the log goes to `dir/router.log`. `env` is set last, so it can
+    /// override `RUST_LOG` (default `info`).
+    pub fn start_at(
+        dir: tempfile::TempDir,
+        file: PathBuf,
+        url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> RouterProcess {
+        Self::spawn(&[], dir, file, url, extra, env)
+    }
+
+    fn spawn(
+        wrapper: &[&str],
+        dir: tempfile::TempDir,
+        file: PathBuf,
+        url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> RouterProcess {
         let log = dir.path().join("router.log");
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
@@ -474,9 +499,9 @@ impl RouterProcess {
             .arg("-c")
             .arg(&file)
             .args(extra)
-            .envs(instance.map(|i| ("REDIS_ROUTER_INSTANCE", i)))
             .env("REDIS_URL", url)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
