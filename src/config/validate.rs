@@ -25,6 +25,9 @@ const DEFAULT_BATCH: usize = 100;
 const MAX_BATCH: usize = 10_000;
 /// Pub/Sub messages buffered per rule when `buffer` is not given.
 const DEFAULT_BUFFER: usize = 10_000;
+/// Pub/Sub bytes buffered per rule when `buffer_bytes` is not given: 10,000 messages of 6 KiB,
+/// or 64 messages of 1 MiB (without it, 10,000 messages of 1 MB would be 10 GB).
+const DEFAULT_BUFFER_BYTES: usize = 64 << 20;
 /// Server-side block of each read: also how long a cancelled rule may wait for its read.
 const DEFAULT_BLOCK: Duration = Duration::from_secs(1);
 /// How long an `ha: single` lease holds when `lease_ttl` is not given: the longest gap after the
@@ -398,6 +401,7 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
     let is_stream = kind == "stream";
     if !pubsub {
         cx.only_for(&s.buffer, "buffer", "channel and pattern sources");
+        cx.only_for(&s.buffer_bytes, "buffer_bytes", "channel and pattern sources");
         cx.only_for(&s.overflow, "overflow", "channel and pattern sources");
         cx.only_for(
             &s.ha,
@@ -495,6 +499,24 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
         Some(b) => Some(b.value),
         None => Some(DEFAULT_BUFFER),
     };
+    let buffer_bytes = match &s.buffer_bytes {
+        None => Some(DEFAULT_BUFFER_BYTES),
+        Some(b) => match cx.text(b).map(|t| (parse_bytes(&t), t)) {
+            None => None,
+            Some((Some(0), _)) => {
+                cx.err(b.referenced, "`buffer_bytes` must be at least 1");
+                None
+            }
+            Some((Some(n), _)) => Some(n),
+            Some((None, text)) => {
+                cx.err(
+                    b.referenced,
+                    format!("`buffer_bytes: {text}` is not a size; write e.g. `64MiB`, `512KiB` or a number of bytes"),
+                );
+                None
+            }
+        },
+    };
     let overflow = match &s.overflow {
         None => Some(Overflow::DropOldest),
         Some(o) => match o.value.as_str() {
@@ -519,21 +541,27 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
         None => Some(None),
     };
     let kind = match kind {
-        "channel" => SourceSpecKind::Channel {
-            channel: name?,
-            sharded,
-            buffer: buffer?,
-            overflow: overflow?,
-            claim: claim?,
-            lease: lease?,
-        },
-        "pattern" => SourceSpecKind::Pattern {
-            pattern: name?,
-            buffer: buffer?,
-            overflow: overflow?,
-            claim: claim?,
-            lease: lease?,
-        },
+        "channel" | "pattern" => {
+            let options = PubSubOptions {
+                buffer: buffer?,
+                buffer_bytes: buffer_bytes?,
+                overflow: overflow?,
+                claim: claim?,
+                lease: lease?,
+            };
+            if kind == "channel" {
+                SourceSpecKind::Channel {
+                    channel: name?,
+                    sharded,
+                    options,
+                }
+            } else {
+                SourceSpecKind::Pattern {
+                    pattern: name?,
+                    options,
+                }
+            }
+        }
         "stream" => {
             let batch = match &s.batch {
                 Some(b) if b.value == 0 || b.value > MAX_BATCH => {
@@ -699,6 +727,26 @@ fn queue_format(cx: &mut Ctx<'_>, format: &Option<SpStr>) -> Option<Option<Queue
             }
         },
     }
+}
+
+/// A size: a number of bytes, or a number with `B`, `KB`/`KiB`, `MB`/`MiB` or `GB`/`GiB`
+/// (decimal and binary units as written; case and a space before the unit do not matter).
+fn parse_bytes(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number.parse().ok()?;
+    let factor: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "kib" => 1 << 10,
+        "mb" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "gb" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(factor)
 }
 
 fn is_stream_id(id: &str) -> bool {

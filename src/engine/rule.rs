@@ -17,7 +17,7 @@ use super::route::{Admission, admit, sink_failure_reason, sink_takes};
 use crate::config::{ErrorPolicy, RuleSpec, SourceSpecKind, StreamStart};
 use crate::message::Message;
 use crate::sink::{Sink, SinkError};
-use crate::source::Source;
+use crate::source::{PubSubHub, Source};
 use crate::stats::{RuleState, RuleStats, RuleStatus, SinkStats};
 
 /// How a rule task ended.
@@ -124,6 +124,7 @@ pub async fn run_rule(
     stats: Arc<RuleStats>,
     status: Arc<RuleStatus>,
     dry_run: bool,
+    hub: PubSubHub,
 ) -> RuleExit {
     let spec = if dry_run {
         match dry_run_spec(&spec) {
@@ -137,7 +138,7 @@ pub async fn run_rule(
     } else {
         spec
     };
-    let exit = run_rule_inner(spec, token, stats, status.clone(), dry_run).await;
+    let exit = run_rule_inner(spec, token, stats, status.clone(), dry_run, &hub).await;
     status.set(RuleState::Stopped);
     exit
 }
@@ -148,10 +149,11 @@ async fn run_rule_inner(
     stats: Arc<RuleStats>,
     status: Arc<RuleStatus>,
     dry_run: bool,
+    hub: &PubSubHub,
 ) -> RuleExit {
     let rule: Arc<str> = Arc::from(spec.name.as_str());
     let Some(mut source) = until_ok(&token, "source", || {
-        Source::open(&spec.source, &rule, stats.clone(), status.clone())
+        Source::open(&spec.source, &rule, stats.clone(), status.clone(), hub)
     })
     .await
     else {

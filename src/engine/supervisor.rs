@@ -13,6 +13,7 @@ use tracing::{Instrument, debug, error, error_span, info, warn};
 use super::diff::{RuleSetDiff, diff};
 use super::rule::{RuleExit, run_rule};
 use crate::config::{RuleSet, RuleSpec, SourceSpecKind};
+use crate::source::PubSubHub;
 use crate::stats::{RuleState, RuleStatus, StatsRegistry};
 
 /// How often shutdown names the rules that are still draining.
@@ -67,6 +68,8 @@ pub struct Supervisor {
     drain_timeout: Duration,
     /// `run --dry-run`: read and filter for real, print what sinks would write, write nothing.
     dry_run: bool,
+    /// The subscription connections every channel and pattern rule shares (per connection).
+    hub: PubSubHub,
 }
 
 impl Supervisor {
@@ -78,6 +81,7 @@ impl Supervisor {
             stats,
             drain_timeout,
             dry_run: false,
+            hub: PubSubHub::default(),
         }
     }
 
@@ -129,15 +133,18 @@ impl Supervisor {
         let new_spec = |name: &str| set.rules.iter().find(|r| r.name == name);
 
         // 1. New instances of handed-over rules subscribe while everything else goes on.
-        let mut handing_over: Vec<(Running, Arc<RuleStatus>)> = Vec::new();
+        let mut handing_over: Vec<(Running, Arc<RuleStatus>, u64)> = Vec::new();
         let mut stop_first: Vec<String> = d.removed.clone();
         for name in &d.changed {
             let Some(spec) = new_spec(name) else { continue };
             let old_pubsub = self.running.get(name).is_some_and(|r| is_pubsub(&r.spec));
             if old_pubsub && is_pubsub(spec) {
                 if let Some(old) = self.running.remove(name) {
+                    // Counted from before the new instance exists: it may receive as soon as
+                    // it is subscribed, before it reports itself started.
+                    let received_before = self.stats.rule(name).received.load(Ordering::Relaxed);
                     let status = self.spawn(spec.clone());
-                    handing_over.push((old, status));
+                    handing_over.push((old, status, received_before));
                 }
             } else {
                 stop_first.push(name.clone());
@@ -169,7 +176,7 @@ impl Supervisor {
         let handovers = futures_util::future::join_all(
             handing_over
                 .into_iter()
-                .map(|(old, new_status)| self.hand_over(old, new_status)),
+                .map(|(old, new_status, received_before)| self.hand_over(old, new_status, received_before)),
         )
         .await;
         (d, handovers)
@@ -177,7 +184,12 @@ impl Supervisor {
 
     /// Wait for the new instance, then drain and stop the old one, counting what both received
     /// meanwhile.
-    fn hand_over(&self, old: Running, new_status: Arc<RuleStatus>) -> impl Future<Output = Handover> + use<> {
+    fn hand_over(
+        &self,
+        old: Running,
+        new_status: Arc<RuleStatus>,
+        received_before: u64,
+    ) -> impl Future<Output = Handover> + use<> {
         let stats = self.stats.rule(&old.spec.name);
         let drain_timeout = self.drain_timeout;
         async move {
@@ -193,7 +205,6 @@ impl Supervisor {
                     "New instance of the rule did not subscribe in time; stopping the old one anyway. Messages published until it subscribes are missed."
                 );
             }
-            let received_before = stats.received.load(Ordering::Relaxed);
             let overlap_start = tokio::time::Instant::now();
             if subscribed {
                 // Give the old reader time to take what Redis wrote to its socket before the
@@ -207,9 +218,9 @@ impl Supervisor {
                 rule: name,
                 subscribed,
                 overlap: overlap_start.elapsed(),
-                // Each message published after the new subscription and before the old reader
-                // stopped was received twice; everything else once. So at most half of what
-                // the rule received in the window is a duplicate.
+                // Each message published after the new subscription and before the old one
+                // ended was received twice; everything else once. So at most half of what the
+                // rule received since the new instance was spawned is a duplicate.
                 duplicates_at_most: if subscribed { received / 2 } else { 0 },
             };
             debug!(
@@ -230,8 +241,17 @@ impl Supervisor {
         let sinks: Vec<&str> = spec.sinks.iter().map(|s| s.kind.kind_name()).collect();
         let span = error_span!("rule", rule = %spec.name, source = spec.source.kind_name(), sinks = %sinks.join(","));
         let status = Arc::new(RuleStatus::default());
-        let handle =
-            tokio::spawn(run_rule(spec.clone(), token.clone(), stats, status.clone(), self.dry_run).instrument(span));
+        let handle = tokio::spawn(
+            run_rule(
+                spec.clone(),
+                token.clone(),
+                stats,
+                status.clone(),
+                self.dry_run,
+                self.hub.clone(),
+            )
+            .instrument(span),
+        );
         self.running.insert(
             spec.name.clone(),
             Running {
