@@ -23,11 +23,12 @@ const STRAGGLER_LOG_INTERVAL: Duration = Duration::from_secs(5);
 /// the old one anyway (a new spec that cannot connect must not keep the old one forever).
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long the old and new instances of a Pub/Sub rule are both subscribed. The old reader
-/// stops reading its socket as soon as it is cancelled, so it needs a moment to take in what
-/// Redis wrote to it just before the new subscription existed; messages in this window reach
-/// both instances (duplicates, counted). Short next to any debounce, long next to the
-/// microseconds a reader that keeps up needs.
+/// How long the old and new instances of a Pub/Sub rule are both subscribed. When the new
+/// instance's topic needs a new SUBSCRIBE (its channel changed) and the subscription connection
+/// is busy, the old instance's buffer may still be taking messages published before the new
+/// subscription was confirmed; messages in this window reach both instances (duplicates,
+/// counted). Short next to any debounce, long next to the microseconds a reader that keeps up
+/// needs.
 pub const HANDOVER_OVERLAP: Duration = Duration::from_millis(50);
 
 /// How one changed Pub/Sub rule went from its old instance to its new one.
@@ -130,7 +131,9 @@ impl Supervisor {
     /// then start (a consumer group keeps their position; nothing is lost or doubled).
     pub async fn apply_with_handovers(&mut self, set: &RuleSet) -> (RuleSetDiff, Vec<Handover>) {
         let d = diff(self.running.values().map(|r| r.spec.as_ref()), &set.rules);
-        let new_spec = |name: &str| set.rules.iter().find(|r| r.name == name);
+        let by_name: std::collections::HashMap<&str, &RuleSpec> =
+            set.rules.iter().map(|r| (r.name.as_str(), r)).collect();
+        let new_spec = |name: &str| by_name.get(name).copied();
 
         // 1. New instances of handed-over rules subscribe while everything else goes on.
         let mut handing_over: Vec<(Running, Arc<RuleStatus>, u64)> = Vec::new();
@@ -165,9 +168,11 @@ impl Supervisor {
             self.drain_timeout,
         )
         .await;
+        let added: std::collections::HashSet<&str> = d.added.iter().map(String::as_str).collect();
+        let changed: std::collections::HashSet<&str> = d.changed.iter().map(String::as_str).collect();
         for rule in &set.rules {
-            let restart = d.changed.contains(&rule.name) && !self.running.contains_key(&rule.name);
-            if d.added.contains(&rule.name) || restart {
+            let restart = changed.contains(rule.name.as_str()) && !self.running.contains_key(&rule.name);
+            if added.contains(rule.name.as_str()) || restart {
                 self.spawn(rule.clone());
             }
         }
