@@ -1231,4 +1231,50 @@ mod tests {
         assert_eq!(rule.summary(), "stream s (group g) -> publish out:{{$.id}}");
         assert_eq!(rule.on_error.attempts, 5);
     }
+
+    #[test]
+    fn buffer_bytes_takes_sizes_with_units() {
+        let bytes = |value: &str| {
+            let text = format!(
+                "rules:\n  - name: a\n    source: {{ channel: x, buffer_bytes: {value} }}\n    sinks: [ {{ stream: z }} ]\n"
+            );
+            match load_str_with_env(&text, "f.yaml", &env).map(|rs| rs.rules[0].source.kind.clone()) {
+                Ok(crate::config::SourceSpecKind::Channel { options, .. }) => Ok(options.buffer_bytes),
+                Ok(_) => Err(String::new()),
+                Err(e) => Err(e
+                    .diagnostics()
+                    .iter()
+                    .map(|d| d.render("f.yaml"))
+                    .collect::<Vec<_>>()
+                    .join("\n")),
+            }
+        };
+        assert_eq!(bytes("4096"), Ok(4096));
+        assert_eq!(bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(bytes("\"512 KiB\""), Ok(512 << 10));
+        assert_eq!(bytes("1MB"), Ok(1_000_000));
+        assert_eq!(
+            bytes("lots"),
+            Err("f.yaml:3:41: rule \"a\": `buffer_bytes: lots` is not a size; write e.g. `64MiB`, `512KiB` or a number of bytes".into())
+        );
+        let default = load_str_with_env(
+            "rules:\n  - name: a\n    source: { pattern: x }\n    sinks: [ { stream: z } ]\n",
+            "f.yaml",
+            &env,
+        )
+        .unwrap();
+        match &default.rules[0].source.kind {
+            crate::config::SourceSpecKind::Pattern { options, .. } => assert_eq!(options.buffer_bytes, 64 << 20),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            errors(
+                "rules:\n  - name: a\n    source: { stream: x, buffer_bytes: 1MiB }\n    sinks: [ { stream: z } ]\n"
+            ),
+            [
+                "f.yaml:3:40: rule \"a\": `buffer_bytes` applies to channel and pattern sources only; remove it"
+                    .to_string()
+            ]
+        );
+    }
 }

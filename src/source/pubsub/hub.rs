@@ -165,11 +165,6 @@ impl PubSubHub {
         self.links.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Subscription connections open now, by connection name, for the count `check` predicts.
-    pub fn open_links(&self) -> Vec<String> {
-        self.lock().iter().map(|e| e.connection.name.clone()).collect()
-    }
-
     /// Register `feed` for `topic` on `connection`'s shared link (its own link for
     /// `overflow: block`), and wait until Redis has confirmed the subscription.
     ///
