@@ -45,11 +45,22 @@ const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 const MAX_RECHECK: Duration = Duration::from_millis(100);
 /// Shortest wait between checks, against a tiny `claim_ttl` turning into a busy loop.
 const MIN_RECHECK: Duration = Duration::from_millis(10);
+/// Buffered messages claimed in one round trip. Every instance claims every message, so at a
+/// high rate the round trips, not the messages, bound what an instance keeps up with: claiming
+/// four batches at once takes a quarter of them. What is won is handed out a batch at a time.
+pub(super) const CLAIM_WINDOW: usize = 4 * super::BATCH;
 
 /// How long a held message waits before its claim is checked again: at most a quarter of the
 /// TTL (so an expired claim is taken over soon after it expires) and at most [`MAX_RECHECK`].
 pub(super) fn recheck_interval(ttl: Duration) -> Duration {
     (ttl / 4).clamp(MIN_RECHECK, MAX_RECHECK)
+}
+
+/// A message this instance claimed and has not handed to the rule yet.
+struct Won {
+    claimed_at: Instant,
+    key: String,
+    msg: Message,
 }
 
 /// A message another instance claimed.
@@ -73,6 +84,9 @@ pub(super) struct Claimer {
     /// with now plus the same interval).
     held: VecDeque<Held>,
     held_bytes: usize,
+    /// Messages won and not handed out yet: one round trip claims up to [`CLAIM_WINDOW`]
+    /// messages, the rule takes them a batch at a time.
+    ready: VecDeque<Won>,
     /// Keys of the batch handed to the rule, waiting to be marked `done`.
     in_flight: Vec<String>,
     /// Acknowledged keys, marked `done` in the next round trip.
@@ -117,6 +131,7 @@ impl Claimer {
             me: crate::identity::name(),
             held: VecDeque::new(),
             held_bytes: 0,
+            ready: VecDeque::new(),
             in_flight: Vec::new(),
             done: Vec::new(),
             capacity,
@@ -155,6 +170,30 @@ impl Claimer {
         self.held.front().map(|h| h.check_at)
     }
 
+    /// Whether won messages wait to be handed out.
+    pub(super) fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// Hand out up to `max` won messages; their claims are marked `done` when the rule
+    /// acknowledges them. A message whose claim is half-way to expiring is not handed out: it
+    /// could expire while being delivered, and another instance deliver it too. Its claim
+    /// expires unmarked and an instance holding it reclaims and delivers it.
+    pub(super) fn take_ready(&mut self, max: usize) -> Vec<Message> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(won) = self.ready.pop_front() else { break };
+            if now.duration_since(won.claimed_at) >= self.ttl / 2 {
+                RuleStats::add(&self.stats.claimed_elsewhere, 1);
+                continue;
+            }
+            self.in_flight.push(won.key);
+            out.push(won.msg);
+        }
+        out
+    }
+
     /// Whether a round trip is due without new messages: `done` marks to write, or held
     /// messages to check.
     pub(super) fn has_work(&self, now: Instant) -> bool {
@@ -168,8 +207,8 @@ impl Claimer {
     }
 
     /// One round trip: mark `done` what was acknowledged, check the held messages that are due
-    /// (all of them when `fresh` would not fit), and claim `fresh`. Returns the messages this
-    /// instance won, held ones first.
+    /// (all of them when `fresh` would not fit), and claim `fresh`. What this instance won goes
+    /// to the messages ready to be handed out ([`Claimer::take_ready`]), held ones first.
     ///
     /// # Errors
     /// When the pipeline fails; nothing held is lost then (the caller retries), while `fresh`
@@ -178,7 +217,7 @@ impl Claimer {
     /// # Cancel safety
     /// Dropped while waiting for Redis, the held messages and `done` marks stay for the next
     /// round; `fresh` is lost to this instance only, as above.
-    pub(super) async fn round(&mut self, fresh: Vec<Message>) -> Result<Vec<Message>, SourceError> {
+    pub(super) async fn round(&mut self, fresh: Vec<Message>) -> Result<(), SourceError> {
         let now = Instant::now();
         let fresh_bytes: usize = fresh.iter().map(cost).sum();
         let would_overflow =
@@ -194,7 +233,7 @@ impl Claimer {
         };
         let fresh: Vec<(String, Message)> = fresh.into_iter().map(|m| (self.key(&m), m)).collect();
         if self.done.is_empty() && due == 0 && fresh.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let mut pipe = redis::pipe();
         // Long enough for every instance holding the message to see it at its next check.
@@ -228,7 +267,6 @@ impl Claimer {
                 })?;
         let mut replies = replies.into_iter().skip(self.done.len());
         self.done.clear();
-        let mut won = Vec::new();
         let mut reclaimed = 0u64;
         let now = Instant::now();
         let mut still_held = Vec::new();
@@ -238,8 +276,11 @@ impl Claimer {
             match previous(replies.next()) {
                 Previous::Won => {
                     reclaimed += 1;
-                    self.in_flight.push(h.key);
-                    won.push(h.msg);
+                    self.ready.push_back(Won {
+                        claimed_at: now,
+                        key: h.key,
+                        msg: h.msg,
+                    });
                 }
                 Previous::Done => RuleStats::add(&self.stats.claimed_elsewhere, 1),
                 Previous::Elsewhere => still_held.push(h),
@@ -251,10 +292,11 @@ impl Claimer {
         }
         for (key, msg) in fresh {
             match previous(replies.next()) {
-                Previous::Won => {
-                    self.in_flight.push(key);
-                    won.push(msg);
-                }
+                Previous::Won => self.ready.push_back(Won {
+                    claimed_at: now,
+                    key,
+                    msg,
+                }),
                 Previous::Done => RuleStats::add(&self.stats.claimed_elsewhere, 1),
                 Previous::Elsewhere => self.hold(Held {
                     check_at: now + self.recheck,
@@ -272,7 +314,7 @@ impl Claimer {
                 "Claimed again messages whose claimer did not mark them done within claim_ttl; delivering them."
             );
         }
-        Ok(won)
+        Ok(())
     }
 
     /// Hold a message, dropping the oldest held ones (counted and logged) past the bound.

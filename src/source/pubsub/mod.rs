@@ -19,7 +19,6 @@ mod claim;
 mod hub;
 mod lease;
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,9 +44,6 @@ pub struct PubSubSource {
     registration: Option<Registration>,
     /// `ha: claim`.
     claimer: Option<Claimer>,
-    /// `ha: claim`: messages this instance won and has not handed out yet (a round trip that
-    /// marks a batch done also claims the next one; reclaimed messages come in bulk).
-    ready: VecDeque<Message>,
     /// `ha: single`.
     lease: Option<Lease>,
 }
@@ -158,7 +154,6 @@ impl PubSubSource {
             buffer,
             registration: Some(registration),
             claimer,
-            ready: VecDeque::new(),
             lease,
         })
     }
@@ -173,14 +168,12 @@ impl PubSubSource {
             return Ok(());
         };
         c.acknowledge();
-        let fresh = if self.ready.is_empty() {
-            self.buffer.take(BATCH)
-        } else {
+        let fresh = if c.has_ready() {
             Vec::new()
+        } else {
+            self.buffer.take(claim::CLAIM_WINDOW)
         };
-        let won = c.round(fresh).await?;
-        self.ready.extend(won);
-        Ok(())
+        c.round(fresh).await
     }
 
     /// Wait for at least one message and take up to a batch (with `ha: claim`, the messages
@@ -195,14 +188,20 @@ impl PubSubSource {
     /// expire and the instances holding those messages deliver them.
     pub async fn recv(&mut self) -> Result<Option<Vec<Message>>, SourceError> {
         loop {
-            if !self.ready.is_empty() {
-                let n = self.ready.len().min(BATCH);
-                return Ok(Some(self.ready.drain(..n).collect()));
+            if let Some(c) = &mut self.claimer {
+                let batch = c.take_ready(BATCH);
+                if !batch.is_empty() {
+                    return Ok(Some(batch));
+                }
             }
             if let Some(lease) = &mut self.lease {
                 lease.refresh().await?;
             }
-            let batch = self.buffer.take(BATCH);
+            let batch = self.buffer.take(if self.claimer.is_some() {
+                claim::CLAIM_WINDOW
+            } else {
+                BATCH
+            });
             if let Some(lease) = &self.lease
                 && !lease.held
                 && !batch.is_empty()
@@ -214,8 +213,7 @@ impl PubSubSource {
             match &mut self.claimer {
                 None if !batch.is_empty() => return Ok(Some(batch)),
                 Some(c) if !batch.is_empty() || c.has_work(Instant::now()) => {
-                    let won = c.round(batch).await?;
-                    self.ready.extend(won);
+                    c.round(batch).await?;
                     continue;
                 }
                 _ => {}
