@@ -1,4 +1,6 @@
-//! `redis-router check --acl`: the Redis ACL rule that grants exactly what a rule file needs.
+//! What a rule file needs of each Redis server: the ACL rule that grants exactly its keys,
+//! channels and commands (`redis-router check --acl`), and the connections it opens (`check`).
+//! Connections that reach one server are counted together, as one ACL user serves them.
 //!
 //! For each connection, the keys (`~`), channels (`&`) and commands the rules use on it: their
 //! sources, their dead-letter streams (on the source's connection) and their sinks. Templated
@@ -156,10 +158,8 @@ pub fn grants(set: &RuleSet) -> Vec<ServerGrants> {
         match &rule.source.kind {
             SourceSpecKind::Channel {
                 channel,
-                claim,
-                lease,
                 sharded,
-                ..
+                options,
             } => {
                 g.channels.insert(literal(sc, channel));
                 if *sharded {
@@ -167,15 +167,13 @@ pub fn grants(set: &RuleSet) -> Vec<ServerGrants> {
                 } else {
                     g.command(&["subscribe", "unsubscribe"]);
                 }
-                ha_grants(g, sc, &rule.name, claim.is_some(), lease.is_some());
+                ha_grants(g, sc, &rule.name, options.claim.is_some(), options.lease.is_some());
             }
-            SourceSpecKind::Pattern {
-                pattern, claim, lease, ..
-            } => {
+            SourceSpecKind::Pattern { pattern, options } => {
                 // ACL matches a PSUBSCRIBE pattern literally against the channel patterns.
                 g.channels.insert(format!("{}{pattern}", escape(&sc.prefix)));
                 g.command(&["psubscribe", "punsubscribe"]);
-                ha_grants(g, sc, &rule.name, claim.is_some(), lease.is_some());
+                ha_grants(g, sc, &rule.name, options.claim.is_some(), options.lease.is_some());
             }
             SourceSpecKind::Stream { stream, group, .. } => {
                 g.keys.insert(literal(sc, stream));
@@ -258,6 +256,104 @@ pub fn grants(set: &RuleSet) -> Vec<ServerGrants> {
                         g.command(&["eval", "rpush"]);
                     }
                 }
+            }
+        }
+    }
+    out
+}
+
+/// The Redis clients a rule file opens on one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConnections {
+    /// `127.0.0.1:6379 db 0`, or `cluster via … (every node)`.
+    pub server: String,
+    /// Whether it is a cluster (the counts are then per node).
+    pub cluster: bool,
+    /// Connections of the file that reach this server.
+    pub connections: Vec<String>,
+    /// One per stream or queue rule: their reads block.
+    pub blocking: usize,
+    /// One per `connections:` entry in use: sink writes, acks, dead letters, claims, leases.
+    pub shared: usize,
+    /// One per `connections:` entry with channel or pattern rules, plus one per rule with
+    /// `overflow: block` (see `source::pubsub::hub`).
+    pub subscription: usize,
+}
+
+impl ServerConnections {
+    /// Every client together.
+    pub fn total(&self) -> usize {
+        self.blocking + self.shared + self.subscription
+    }
+
+    /// `127.0.0.1:6379 db 0 (connections: default, laravel): 4 clients = 1 blocking + 2 shared + 1 subscription`.
+    pub fn line(&self) -> String {
+        format!(
+            "{} (connections: {}): {} client{}{} = {} blocking (stream and queue rules) + {} shared + {} subscription",
+            self.server,
+            self.connections.join(", "),
+            self.total(),
+            if self.total() == 1 { "" } else { "s" },
+            if self.cluster { " per node" } else { "" },
+            self.blocking,
+            self.shared,
+            self.subscription
+        )
+    }
+}
+
+/// The clients the router opens on each Redis server for `set`, in file order: what `check`
+/// prints, so that `maxclients` can be planned before a deploy.
+pub fn connection_counts(set: &RuleSet) -> Vec<ServerConnections> {
+    let mut out: Vec<ServerConnections> = Vec::new();
+    let mut shared: Vec<&str> = Vec::new();
+    let mut subscribed: Vec<&str> = Vec::new();
+    fn entry<'a>(out: &'a mut Vec<ServerConnections>, conn: &ConnectionSpec) -> &'a mut ServerConnections {
+        let key = server(conn);
+        let i = match out.iter().position(|s| s.server == key) {
+            Some(i) => i,
+            None => {
+                out.push(ServerConnections {
+                    server: key,
+                    cluster: conn.cluster,
+                    connections: Vec::new(),
+                    blocking: 0,
+                    shared: 0,
+                    subscription: 0,
+                });
+                out.len() - 1
+            }
+        };
+        if !out[i].connections.contains(&conn.name) {
+            out[i].connections.push(conn.name.clone());
+        }
+        &mut out[i]
+    }
+    for rule in &set.rules {
+        let sc = &rule.source.connection;
+        let e = entry(&mut out, sc);
+        match &rule.source.kind {
+            SourceSpecKind::Channel { options, .. } | SourceSpecKind::Pattern { options, .. } => {
+                if options.overflow == crate::config::Overflow::Block {
+                    e.subscription += 1;
+                } else if !subscribed.contains(&sc.name.as_str()) {
+                    subscribed.push(&sc.name);
+                    e.subscription += 1;
+                }
+            }
+            SourceSpecKind::Stream { .. } | SourceSpecKind::Queue { .. } => e.blocking += 1,
+        }
+        // The source's connection carries its dead letters (and acks, claims, leases).
+        let redis_sinks = rule
+            .sinks
+            .iter()
+            .filter(|s| !matches!(s.kind, SinkSpecKind::Webhook(_)))
+            .map(|s| &s.connection);
+        for c in std::iter::once(sc).chain(redis_sinks) {
+            let e = entry(&mut out, c);
+            if !shared.contains(&c.name.as_str()) {
+                shared.push(&c.name);
+                e.shared += 1;
             }
         }
     }

@@ -183,7 +183,7 @@ type Counter<T> = (&'static str, &'static str, fn(&T) -> u64);
 pub fn render_metrics(state: &HttpState) -> String {
     let mut out = String::new();
     let all = state.stats.all();
-    let rule_counters: [Counter<RuleStats>; 8] = [
+    let rule_counters: [Counter<RuleStats>; 9] = [
         ("received_total", "Messages read from the rule's source.", |s| {
             s.received.load(Ordering::Relaxed)
         }),
@@ -217,6 +217,11 @@ pub fn render_metrics(state: &HttpState) -> String {
             "claimed_elsewhere_total",
             "ha: claim messages another instance delivered.",
             |s| s.claimed_elsewhere.load(Ordering::Relaxed),
+        ),
+        (
+            "claims_reclaimed_total",
+            "ha: claim messages claimed again after another instance's claim expired undone.",
+            |s| s.reclaimed.load(Ordering::Relaxed),
         ),
     ];
     for (name, help, get) in rule_counters {

@@ -310,6 +310,9 @@ fn check(file: &Path, acl_user: Option<&str>) -> ExitCode {
                     for rule in &set.rules {
                         println!("{}: {}", rule.name, rule.summary());
                     }
+                    for server in redis_router::acl::connection_counts(&set) {
+                        println!("# {}", server.line());
+                    }
                 }
                 Some(user) => {
                     for s in redis_router::acl::grants(&set) {

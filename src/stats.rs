@@ -80,6 +80,9 @@ pub struct RuleStats {
     pub source_errors: AtomicU64,
     /// `ha: claim`: messages another instance claimed and delivered, so this one did not.
     pub claimed_elsewhere: AtomicU64,
+    /// `ha: claim`: messages claimed again after another instance's claim expired undone (its
+    /// claimer died or was slower than `claim_ttl`), and delivered by this one.
+    pub reclaimed: AtomicU64,
     /// Messages read and not yet finished (a gauge).
     pub in_flight: AtomicU64,
     /// From receipt to the last sink's acknowledgement, per delivered message.
@@ -127,6 +130,7 @@ impl RuleStats {
             ("deleted_while_pending", get(&self.deleted_while_pending)),
             ("source_errors", get(&self.source_errors)),
             ("claimed_elsewhere", get(&self.claimed_elsewhere)),
+            ("reclaimed", get(&self.reclaimed)),
             ("in_flight", get(&self.in_flight)),
         ])
     }

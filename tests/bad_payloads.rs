@@ -27,7 +27,11 @@ async fn hostile_payloads_are_handled_as_documented() {
     let redis = RedisServer::start();
     let mut conn = redis.conn().await;
     let daemon = spawn_daemon(RULES, &redis.url()).await;
-    wait_subscribers(&mut conn, "in", 2).await;
+    // Both rules share one subscription connection: one subscriber on `in`, two rules running.
+    wait_subscribers(&mut conn, "in", 1).await;
+    for (_, status) in daemon.supervisor.as_ref().expect("running").statuses() {
+        within(status.started()).await;
+    }
 
     let not_utf8: Vec<u8> = vec![0xff, 0xfe, b'{', 0x80, b'}'];
     let big = format!(r#"{{"ok":true,"blob":"{}"}}"#, "x".repeat(10 * 1024 * 1024));

@@ -94,3 +94,131 @@ fn check_reports_malformed_test_cases_too() {
     );
     assert!(stderr.ends_with("6 errors found.\n"), "{stderr}");
 }
+
+#[test]
+fn check_counts_the_redis_clients_of_each_server() {
+    let out = Command::new(router_bin())
+        .args(["check", "tests/fixtures/rules/valid/connections.yaml"])
+        .current_dir(repo_root())
+        .output()
+        .expect("run check");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let counts: Vec<&str> = stdout.lines().filter(|l| l.starts_with('#')).collect();
+    assert_eq!(
+        counts,
+        [
+            // orders and refunds share default's subscription connection, every-event has
+            // laravel's, and slow-but-complete (overflow: block) one of its own.
+            "# 127.0.0.1:6390 db 0 (connections: default, laravel): 7 clients = 2 blocking (stream and queue rules) + 2 shared + 3 subscription",
+            "# 127.0.0.1:6391 db 2 (connections: other): 2 clients = 1 blocking (stream and queue rules) + 1 shared + 0 subscription",
+            "# cluster via 10.0.0.7:6379 (every node) (connections: shared): 2 clients per node = 0 blocking (stream and queue rules) + 1 shared + 1 subscription",
+        ],
+        "{stdout}"
+    );
+}
+
+/// The count `check` states is what Redis sees once the rules run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_counted_clients_are_the_clients_redis_sees() {
+    let redis = support::RedisServer::start();
+    let mut conn = redis.conn().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("routes.yaml");
+    let mut yaml = String::from(
+        "connections:\n  default: { url: \"${REDIS_URL}\" }\n  laravel: { url: \"${REDIS_URL}\", prefix: \"laravel_database_\" }\n  other: { url: \"${REDIS_URL}/2\" }\nrules:\n",
+    );
+    for i in 0..20 {
+        yaml.push_str(&format!(
+            "  - name: ch-{i}\n    source: {{ channel: \"c:{i}\" }}\n    sinks: [ {{ stream: out, connection: other }} ]\n"
+        ));
+    }
+    yaml.push_str(
+        "  - name: pat\n    source: { pattern: \"p:*\", connection: laravel }\n    sinks: [ { stream: out } ]\n",
+    );
+    yaml.push_str(
+        "  - name: blocking\n    source: { channel: \"b\", overflow: block }\n    sinks: [ { stream: out } ]\n",
+    );
+    yaml.push_str(
+        "  - name: copy\n    source: { stream: in, group: g, block: 100ms }\n    sinks: [ { stream: out } ]\n",
+    );
+    yaml.push_str("  - name: jobs\n    source: { queue: jobs, connection: laravel, block: 100ms }\n    sinks: [ { stream: out } ]\n");
+    std::fs::write(&file, &yaml).expect("write rules");
+    let out = Command::new(router_bin())
+        .arg("check")
+        .arg(&file)
+        .env("REDIS_URL", redis.url())
+        .output()
+        .expect("run check");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let predicted: usize = stdout
+        .lines()
+        .filter(|l| l.starts_with('#'))
+        .map(|l| {
+            let after = l.split("): ").nth(1).unwrap_or_default();
+            after
+                .split(' ')
+                .next()
+                .unwrap_or_default()
+                .parse::<usize>()
+                .unwrap_or(0)
+        })
+        .sum();
+    // 20 channel rules: one subscription connection; the pattern rule another (laravel); the
+    // blocking one its own; two blocking readers; shared connections for default, laravel and
+    // other.
+    assert_eq!(predicted, 3 + 2 + 3, "{stdout}");
+
+    let port = support::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let router = support::RouterProcess::start_with(&yaml, &redis.url(), &["--listen", &listen]);
+    support::wait_for("every rule running", support::TIMEOUT, || async {
+        let client = reqwest::Client::new();
+        let resp = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .ok()?;
+        (resp.status().as_u16() == 200).then_some(())
+    })
+    .await;
+    // Every rule has touched each of its connections once traffic went through it.
+    let mut pipe = redis::pipe();
+    for i in 0..20 {
+        pipe.publish(format!("c:{i}"), "{}").ignore();
+    }
+    pipe.publish("laravel_database_p:x", "{}").ignore();
+    pipe.publish("b", "{}").ignore();
+    let _: () = support::within(pipe.query_async(&mut conn)).await.expect("publish");
+    let mut db2 = support::within(
+        redis::Client::open(format!("{}/2", redis.url()))
+            .expect("client")
+            .get_multiplexed_async_connection(),
+    )
+    .await
+    .expect("db 2");
+    let _: () = support::within(redis::cmd("CLIENT").arg("SETNAME").arg("test").query_async(&mut db2))
+        .await
+        .expect("SETNAME");
+    support::wait_for("22 messages delivered", support::TIMEOUT, || {
+        let (mut c, mut d) = (conn.clone(), db2.clone());
+        async move {
+            let n: usize = redis::cmd("XLEN").arg("out").query_async(&mut c).await.ok()?;
+            let m: usize = redis::cmd("XLEN").arg("out").query_async(&mut d).await.ok()?;
+            (n == 2 && m == 20).then_some(())
+        }
+    })
+    .await;
+    let list: String = support::within(redis::cmd("CLIENT").arg("LIST").query_async(&mut conn))
+        .await
+        .expect("CLIENT LIST");
+    let router_clients = list
+        .lines()
+        .filter(|l| !l.contains("cmd=client|list") && !l.contains(" name=test "))
+        .count();
+    assert_eq!(
+        router_clients, predicted,
+        "check said {predicted}:\n{stdout}\nRedis lists:\n{list}"
+    );
+    drop(router);
+}

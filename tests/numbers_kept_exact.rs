@@ -42,7 +42,8 @@ rules:
     );
     let router = RouterProcess::start(&yaml, &redis.url());
     let mut conn = redis.conn().await;
-    wait_subscribers(&mut conn, "numbers", 2).await;
+    wait_subscribers(&mut conn, "numbers", 1).await;
+    router.wait_rules_started(&["as-is", "reshaped"]).await;
     let mut listener = redis.client().get_async_pubsub().await.unwrap();
     listener.subscribe(format!("reshaped:{BIG}")).await.unwrap();
     let _: i64 = conn.publish("numbers", PAYLOAD).await.unwrap();

@@ -122,7 +122,13 @@ async fn five_rewrites_under_traffic_lose_nothing() {
     let mut conn = redis.conn().await;
     let step0 = rules(false, false, true);
     let router = start_router(&step0, &redis.url());
-    wait_subscribers(&mut conn, "events", 3).await;
+    // The three channel rules share one subscription connection: one subscriber on `events`;
+    // each rule says when it runs.
+    wait_subscribers(&mut conn, "events", 1).await;
+    wait_for("the four rules running", TIMEOUT, || async {
+        (router.count("Rule started.") == 4).then_some(())
+    })
+    .await;
     wait_group(&mut conn, "orders", "router").await;
     let first = wait_for("the first generation", TIMEOUT, || async {
         router

@@ -37,7 +37,8 @@ async fn names_from_payloads_never_reach_the_routers_own_keys() {
     let redis = RedisServer::start();
     let router = RouterProcess::start(RULES, &redis.url());
     let mut conn = redis.conn().await;
-    wait_subscribers(&mut conn, "in", 2).await;
+    wait_subscribers(&mut conn, "in", 1).await;
+    router.wait_rules_started(&["by-target", "to-channel"]).await;
     let host = redis_router::identity::host();
     let processing = "jobs:processing:forged";
     let hostile = [
@@ -118,8 +119,10 @@ fn check_warns_about_a_key_that_is_nothing_but_a_template() {
         "{stderr}"
     );
     assert_eq!(out.status.code(), Some(0), "a warning does not fail the file");
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "anywhere: channel in -> stream {{$.target}}, stream events:{{$.type}}, webhook {{$.url}}\n"
+        stdout.lines().next(),
+        Some("anywhere: channel in -> stream {{$.target}}, stream events:{{$.type}}, webhook {{$.url}}"),
+        "the rule line, then the clients it opens"
     );
 }

@@ -100,6 +100,7 @@ pub(crate) struct RawSource {
     pub connection: Option<SpStr>,
     // Pub/Sub options.
     pub buffer: Option<Spanned<usize>>,
+    pub buffer_bytes: Option<SpStr>,
     pub overflow: Option<SpStr>,
     pub ha: Option<SpStr>,
     pub claim_ttl: Option<SpStr>,

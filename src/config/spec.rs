@@ -167,7 +167,8 @@ impl RuleSpec {
     pub fn parses_json(&self) -> bool {
         let source = match &self.source.kind {
             SourceSpecKind::Queue { format, .. } => *format == QueueFormat::Laravel,
-            SourceSpecKind::Channel { claim, .. } | SourceSpecKind::Pattern { claim, .. } => claim
+            SourceSpecKind::Channel { options, .. } | SourceSpecKind::Pattern { options, .. } => options
+                .claim
                 .as_ref()
                 .and_then(|c| c.id.as_ref())
                 .is_some_and(Template::needs_json),
@@ -217,8 +218,8 @@ pub enum Overflow {
     DropOldest,
     /// Drop the message that just arrived.
     DropNewest,
-    /// Stop reading the socket until there is room; Redis may then cut the subscriber off
-    /// when its output buffer for the client passes `client-output-buffer-limit pubsub`.
+    /// Wait until there is room. The rule then has a subscription connection of its own, so
+    /// that waiting slows no other rule.
     Block,
 }
 
@@ -233,6 +234,21 @@ pub struct ClaimSpec {
     /// What identifies a message (a template such as `{{$.id}}`); a hash of channel and
     /// payload when absent.
     pub id: Option<Template>,
+}
+
+/// What channel and pattern sources share: the rule's buffer and its `ha` mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PubSubOptions {
+    /// Messages buffered between the subscription and the rule.
+    pub buffer: usize,
+    /// Bytes buffered (payloads and channel names), whichever bound is reached first.
+    pub buffer_bytes: usize,
+    /// What a full buffer does.
+    pub overflow: Overflow,
+    /// `ha: claim`: instances claim each message so that one delivers it.
+    pub claim: Option<ClaimSpec>,
+    /// `ha: single`: one instance, the holder of a lease, delivers; this is the lease's TTL.
+    pub lease: Option<Duration>,
 }
 
 /// Where a consumer group starts when the router creates it.
@@ -276,27 +292,15 @@ pub enum SourceSpecKind {
         /// `sharded: true`: a sharded channel of a Redis Cluster (SSUBSCRIBE), served by the node
         /// that owns its slot.
         sharded: bool,
-        /// Buffered messages between the socket and the rule.
-        buffer: usize,
-        /// What a full buffer does.
-        overflow: Overflow,
-        /// `ha: claim`: instances claim each message so that one delivers it.
-        claim: Option<ClaimSpec>,
-        /// `ha: single`: one instance, the holder of a lease, delivers; this is the lease's TTL.
-        lease: Option<Duration>,
+        /// Buffer, overflow and `ha`.
+        options: PubSubOptions,
     },
     /// PSUBSCRIBE to one pattern.
     Pattern {
         /// Glob-style pattern, without prefix.
         pattern: String,
-        /// Buffered messages between the socket and the rule.
-        buffer: usize,
-        /// What a full buffer does.
-        overflow: Overflow,
-        /// `ha: claim`: instances claim each message so that one delivers it.
-        claim: Option<ClaimSpec>,
-        /// `ha: single`: one instance, the holder of a lease, delivers; this is the lease's TTL.
-        lease: Option<Duration>,
+        /// Buffer, overflow and `ha`.
+        options: PubSubOptions,
     },
     /// A stream, through a consumer group or tailed.
     Stream {

@@ -25,6 +25,9 @@ const DEFAULT_BATCH: usize = 100;
 const MAX_BATCH: usize = 10_000;
 /// Pub/Sub messages buffered per rule when `buffer` is not given.
 const DEFAULT_BUFFER: usize = 10_000;
+/// Pub/Sub bytes buffered per rule when `buffer_bytes` is not given: 10,000 messages of 6 KiB,
+/// or 64 messages of 1 MiB (without it, 10,000 messages of 1 MB would be 10 GB).
+const DEFAULT_BUFFER_BYTES: usize = 64 << 20;
 /// Server-side block of each read: also how long a cancelled rule may wait for its read.
 const DEFAULT_BLOCK: Duration = Duration::from_secs(1);
 /// How long an `ha: single` lease holds when `lease_ttl` is not given: the longest gap after the
@@ -98,6 +101,26 @@ impl Ctx<'_> {
                 self.err(
                     s.referenced,
                     format!("{what} `{v}` is not a duration ({e}); write e.g. `200ms`, `5s` or `1m`"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A size in bytes, at least `min`: a number of bytes, or a number with a unit (`KB`/`KiB`,
+    /// `MB`/`MiB`, `GB`/`GiB`, decimal and binary as written; case and a space do not matter).
+    fn size(&mut self, s: &SpStr, key: &str, min: usize) -> Option<usize> {
+        let text = self.text(s)?;
+        match text.trim().parse::<bytesize::ByteSize>() {
+            Ok(b) if usize::try_from(b.as_u64()).is_ok_and(|n| n >= min) => usize::try_from(b.as_u64()).ok(),
+            Ok(_) => {
+                self.err(s.referenced, format!("`{key}` must be at least {min} bytes"));
+                None
+            }
+            Err(_) => {
+                self.err(
+                    s.referenced,
+                    format!("`{key}: {text}` is not a size; write e.g. `64MiB`, `512KiB` or a number of bytes"),
                 );
                 None
             }
@@ -414,31 +437,19 @@ const MIN_BATCH_BYTES: usize = 64 << 10;
 fn limits(cx: &mut Ctx<'_>, raw: Option<&Spanned<super::raw::RawLimits>>) -> Limits {
     let mut limits = Limits::default();
     let Some(raw) = raw else { return limits };
-    let mut size = |s: &SpStr, what: &str, min: usize| -> Option<usize> {
-        let text = cx.text(s)?;
-        match text.trim().parse::<bytesize::ByteSize>() {
-            Ok(b) if (b.as_u64() as usize) >= min => Some(b.as_u64() as usize),
-            Ok(_) => {
-                cx.err(s.referenced, format!("`{what}` must be at least {min} bytes"));
-                None
-            }
-            Err(_) => {
-                cx.err(
-                    s.referenced,
-                    format!("`{what}` `{text}` is not a size; write e.g. `16MiB`, `512KiB` or a number of bytes"),
-                );
-                None
-            }
-        }
-    };
-    if let Some(v) = raw.value.max_payload.as_ref().and_then(|s| size(s, "max_payload", 1)) {
+    if let Some(v) = raw
+        .value
+        .max_payload
+        .as_ref()
+        .and_then(|s| cx.size(s, "max_payload", 1))
+    {
         limits.max_payload = v;
     }
     if let Some(v) = raw
         .value
         .batch_bytes
         .as_ref()
-        .and_then(|s| size(s, "batch_bytes", MIN_BATCH_BYTES))
+        .and_then(|s| cx.size(s, "batch_bytes", MIN_BATCH_BYTES))
     {
         limits.batch_bytes = v;
     }
@@ -493,6 +504,7 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
     let is_stream = kind == "stream";
     if !pubsub {
         cx.only_for(&s.buffer, "buffer", "channel and pattern sources");
+        cx.only_for(&s.buffer_bytes, "buffer_bytes", "channel and pattern sources");
         cx.only_for(&s.overflow, "overflow", "channel and pattern sources");
         cx.only_for(
             &s.ha,
@@ -590,6 +602,10 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
         Some(b) => Some(b.value),
         None => Some(DEFAULT_BUFFER),
     };
+    let buffer_bytes = match &s.buffer_bytes {
+        None => Some(DEFAULT_BUFFER_BYTES),
+        Some(b) => cx.size(b, "buffer_bytes", 1),
+    };
     let overflow = match &s.overflow {
         None => Some(Overflow::DropOldest),
         Some(o) => match o.value.as_str() {
@@ -614,21 +630,27 @@ fn source_spec(cx: &mut Ctx<'_>, src: &Spanned<RawSource>, conns: &Connections) 
         None => Some(None),
     };
     let kind = match kind {
-        "channel" => SourceSpecKind::Channel {
-            channel: name?,
-            sharded,
-            buffer: buffer?,
-            overflow: overflow?,
-            claim: claim?,
-            lease: lease?,
-        },
-        "pattern" => SourceSpecKind::Pattern {
-            pattern: name?,
-            buffer: buffer?,
-            overflow: overflow?,
-            claim: claim?,
-            lease: lease?,
-        },
+        "channel" | "pattern" => {
+            let options = PubSubOptions {
+                buffer: buffer?,
+                buffer_bytes: buffer_bytes?,
+                overflow: overflow?,
+                claim: claim?,
+                lease: lease?,
+            };
+            if kind == "channel" {
+                SourceSpecKind::Channel {
+                    channel: name?,
+                    sharded,
+                    options,
+                }
+            } else {
+                SourceSpecKind::Pattern {
+                    pattern: name?,
+                    options,
+                }
+            }
+        }
         "stream" => {
             let batch = match &s.batch {
                 Some(b) if b.value == 0 || b.value > MAX_BATCH => {
@@ -1360,5 +1382,51 @@ mod tests {
         assert_eq!(rule.source.connection.prefix, "laravel_database_");
         assert_eq!(rule.summary(), "stream s (group g) -> publish out:{{$.id}}");
         assert_eq!(rule.on_error.attempts, 5);
+    }
+
+    #[test]
+    fn buffer_bytes_takes_sizes_with_units() {
+        let bytes = |value: &str| {
+            let text = format!(
+                "rules:\n  - name: a\n    source: {{ channel: x, buffer_bytes: {value} }}\n    sinks: [ {{ stream: z }} ]\n"
+            );
+            match load_str_with_env(&text, "f.yaml", &env).map(|rs| rs.rules[0].source.kind.clone()) {
+                Ok(crate::config::SourceSpecKind::Channel { options, .. }) => Ok(options.buffer_bytes),
+                Ok(_) => Err(String::new()),
+                Err(e) => Err(e
+                    .diagnostics()
+                    .iter()
+                    .map(|d| d.render("f.yaml"))
+                    .collect::<Vec<_>>()
+                    .join("\n")),
+            }
+        };
+        assert_eq!(bytes("4096"), Ok(4096));
+        assert_eq!(bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(bytes("\"512 KiB\""), Ok(512 << 10));
+        assert_eq!(bytes("1MB"), Ok(1_000_000));
+        assert_eq!(
+            bytes("lots"),
+            Err("f.yaml:3:41: rule \"a\": `buffer_bytes: lots` is not a size; write e.g. `64MiB`, `512KiB` or a number of bytes".into())
+        );
+        let default = load_str_with_env(
+            "rules:\n  - name: a\n    source: { pattern: x }\n    sinks: [ { stream: z } ]\n",
+            "f.yaml",
+            &env,
+        )
+        .unwrap();
+        match &default.rules[0].source.kind {
+            crate::config::SourceSpecKind::Pattern { options, .. } => assert_eq!(options.buffer_bytes, 64 << 20),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            errors(
+                "rules:\n  - name: a\n    source: { stream: x, buffer_bytes: 1MiB }\n    sinks: [ { stream: z } ]\n"
+            ),
+            [
+                "f.yaml:3:40: rule \"a\": `buffer_bytes` applies to channel and pattern sources only; remove it"
+                    .to_string()
+            ]
+        );
     }
 }

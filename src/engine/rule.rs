@@ -18,7 +18,7 @@ use crate::config::{ErrorPolicy, RuleSpec, SourceSpecKind, StreamStart};
 use crate::keys::ReservedNames;
 use crate::message::Message;
 use crate::sink::{Sink, SinkError};
-use crate::source::{Budget, Source};
+use crate::source::{Budget, PubSubHub, Source};
 use crate::stats::{RuleState, RuleStats, RuleStatus, SinkStats};
 
 /// How a rule task ended.
@@ -139,6 +139,7 @@ pub async fn run_rule(
     status: Arc<RuleStatus>,
     dry_run: bool,
     reserved: Arc<ReservedNames>,
+    hub: PubSubHub,
 ) -> RuleExit {
     let spec = if dry_run {
         match dry_run_spec(&spec) {
@@ -152,7 +153,7 @@ pub async fn run_rule(
     } else {
         spec
     };
-    let exit = run_rule_inner(spec, token, stats, status.clone(), dry_run, reserved).await;
+    let exit = run_rule_inner(spec, token, stats, status.clone(), dry_run, reserved, &hub).await;
     status.set(RuleState::Stopped);
     exit
 }
@@ -164,10 +165,18 @@ async fn run_rule_inner(
     status: Arc<RuleStatus>,
     dry_run: bool,
     reserved: Arc<ReservedNames>,
+    hub: &PubSubHub,
 ) -> RuleExit {
     let rule: Arc<str> = Arc::from(spec.name.as_str());
     let Some(mut source) = until_ok(&token, &status, "source", || {
-        Source::open(&spec.source, &rule, stats.clone(), status.clone(), Budget::of(&spec))
+        Source::open(
+            &spec.source,
+            &rule,
+            stats.clone(),
+            status.clone(),
+            hub,
+            Budget::of(&spec),
+        )
     })
     .await
     else {

@@ -14,6 +14,7 @@ use super::diff::{RuleSetDiff, diff};
 use super::rule::{RuleExit, run_rule};
 use crate::config::{RuleSet, RuleSpec, SourceSpecKind};
 use crate::keys::ReservedNames;
+use crate::source::PubSubHub;
 use crate::stats::{RuleState, RuleStatus, StatsRegistry};
 
 /// How often shutdown names the rules that are still draining.
@@ -23,11 +24,12 @@ const STRAGGLER_LOG_INTERVAL: Duration = Duration::from_secs(5);
 /// the old one anyway (a new spec that cannot connect must not keep the old one forever).
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long the old and new instances of a Pub/Sub rule are both subscribed. The old reader
-/// stops reading its socket as soon as it is cancelled, so it needs a moment to take in what
-/// Redis wrote to it just before the new subscription existed; messages in this window reach
-/// both instances (duplicates, counted). Short next to any debounce, long next to the
-/// microseconds a reader that keeps up needs.
+/// How long the old and new instances of a Pub/Sub rule are both subscribed. When the new
+/// instance's topic needs a new SUBSCRIBE (its channel changed) and the subscription connection
+/// is busy, the old instance's buffer may still be taking messages published before the new
+/// subscription was confirmed; messages in this window reach both instances (duplicates,
+/// counted). Short next to any debounce, long next to the microseconds a reader that keeps up
+/// needs.
 pub const HANDOVER_OVERLAP: Duration = Duration::from_millis(50);
 
 /// How one changed Pub/Sub rule went from its old instance to its new one.
@@ -71,6 +73,8 @@ pub struct Supervisor {
     /// The names of the rule set now applied that rendered keys may not take; every rule's
     /// sinks read it, so rules that keep running through a reload see the new file's names.
     reserved: Arc<ReservedNames>,
+    /// The subscription connections every channel and pattern rule shares (per connection).
+    hub: PubSubHub,
 }
 
 impl Supervisor {
@@ -83,6 +87,7 @@ impl Supervisor {
             drain_timeout,
             dry_run: false,
             reserved: Arc::default(),
+            hub: PubSubHub::default(),
         }
     }
 
@@ -134,18 +139,23 @@ impl Supervisor {
         // rule at once.
         self.reserved.set(set.reserved.clone());
         let d = diff(self.running.values().map(|r| r.spec.as_ref()), &set.rules);
-        let new_spec = |name: &str| set.rules.iter().find(|r| r.name == name);
+        let by_name: std::collections::HashMap<&str, &RuleSpec> =
+            set.rules.iter().map(|r| (r.name.as_str(), r)).collect();
+        let new_spec = |name: &str| by_name.get(name).copied();
 
         // 1. New instances of handed-over rules subscribe while everything else goes on.
-        let mut handing_over: Vec<(Running, Arc<RuleStatus>)> = Vec::new();
+        let mut handing_over: Vec<(Running, Arc<RuleStatus>, u64)> = Vec::new();
         let mut stop_first: Vec<String> = d.removed.clone();
         for name in &d.changed {
             let Some(spec) = new_spec(name) else { continue };
             let old_pubsub = self.running.get(name).is_some_and(|r| is_pubsub(&r.spec));
             if old_pubsub && is_pubsub(spec) {
                 if let Some(old) = self.running.remove(name) {
+                    // Counted from before the new instance exists: it may receive as soon as
+                    // it is subscribed, before it reports itself started.
+                    let received_before = self.stats.rule(name).received.load(Ordering::Relaxed);
                     let status = self.spawn(spec.clone());
-                    handing_over.push((old, status));
+                    handing_over.push((old, status, received_before));
                 }
             } else {
                 stop_first.push(name.clone());
@@ -166,9 +176,11 @@ impl Supervisor {
             self.drain_timeout,
         )
         .await;
+        let added: std::collections::HashSet<&str> = d.added.iter().map(String::as_str).collect();
+        let changed: std::collections::HashSet<&str> = d.changed.iter().map(String::as_str).collect();
         for rule in &set.rules {
-            let restart = d.changed.contains(&rule.name) && !self.running.contains_key(&rule.name);
-            if d.added.contains(&rule.name) || restart {
+            let restart = changed.contains(rule.name.as_str()) && !self.running.contains_key(&rule.name);
+            if added.contains(rule.name.as_str()) || restart {
                 self.spawn(rule.clone());
             }
         }
@@ -177,7 +189,7 @@ impl Supervisor {
         let handovers = futures_util::future::join_all(
             handing_over
                 .into_iter()
-                .map(|(old, new_status)| self.hand_over(old, new_status)),
+                .map(|(old, new_status, received_before)| self.hand_over(old, new_status, received_before)),
         )
         .await;
         (d, handovers)
@@ -185,7 +197,12 @@ impl Supervisor {
 
     /// Wait for the new instance, then drain and stop the old one, counting what both received
     /// meanwhile.
-    fn hand_over(&self, old: Running, new_status: Arc<RuleStatus>) -> impl Future<Output = Handover> + use<> {
+    fn hand_over(
+        &self,
+        old: Running,
+        new_status: Arc<RuleStatus>,
+        received_before: u64,
+    ) -> impl Future<Output = Handover> + use<> {
         let stats = self.stats.rule(&old.spec.name);
         let drain_timeout = self.drain_timeout;
         async move {
@@ -201,7 +218,6 @@ impl Supervisor {
                     "New instance of the rule did not subscribe in time; stopping the old one anyway. Messages published until it subscribes are missed."
                 );
             }
-            let received_before = stats.received.load(Ordering::Relaxed);
             let overlap_start = tokio::time::Instant::now();
             if subscribed {
                 // Give the old reader time to take what Redis wrote to its socket before the
@@ -215,9 +231,9 @@ impl Supervisor {
                 rule: name,
                 subscribed,
                 overlap: overlap_start.elapsed(),
-                // Each message published after the new subscription and before the old reader
-                // stopped was received twice; everything else once. So at most half of what
-                // the rule received in the window is a duplicate.
+                // Each message published after the new subscription and before the old one
+                // ended was received twice; everything else once. So at most half of what the
+                // rule received since the new instance was spawned is a duplicate.
                 duplicates_at_most: if subscribed { received / 2 } else { 0 },
             };
             debug!(
@@ -245,6 +261,7 @@ impl Supervisor {
             status.clone(),
             self.dry_run,
             self.reserved.clone(),
+            self.hub.clone(),
         );
         let handle = tokio::spawn(rule.instrument(span));
         self.running.insert(

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio_util::task::AbortOnDropHandle;
 
 pub use list::{ListSource, laravel_message};
-pub use pubsub::PubSubSource;
+pub use pubsub::{PubSubHub, PubSubSource};
 pub use stream::StreamSource;
 
 use crate::config::{RuleSpec, SourceSpec, SourceSpecKind};
@@ -219,17 +219,18 @@ impl Source {
     ///
     /// # Errors
     /// When Redis cannot be reached or refuses the setup (the caller retries with backoff).
-    /// A Pub/Sub source reports its disconnections on `status`.
+    /// A Pub/Sub source subscribes through `hub` and reports its disconnections on `status`.
     pub async fn open(
         spec: &SourceSpec,
         rule: &Arc<str>,
         stats: Arc<RuleStats>,
         status: Arc<RuleStatus>,
+        hub: &PubSubHub,
         budget: Budget,
     ) -> Result<Source, SourceError> {
         Ok(match &spec.kind {
             SourceSpecKind::Channel { .. } | SourceSpecKind::Pattern { .. } => Source::PubSub(Box::new(
-                PubSubSource::open(spec, rule.clone(), stats, status, budget).await?,
+                PubSubSource::open(spec, rule.clone(), stats, status, hub, budget).await?,
             )),
             SourceSpecKind::Stream { .. } => {
                 Source::Stream(Box::new(StreamSource::open(spec, rule.clone(), stats, budget).await?))
@@ -271,7 +272,7 @@ impl Source {
         }
     }
 
-    /// Stop reading: end the Pub/Sub subscription task; a stream source waits for its
+    /// Stop reading: end the Pub/Sub subscription; a stream source waits for its
     /// acknowledgements in flight.
     pub async fn close(self) {
         match self {

@@ -537,6 +537,18 @@ impl RouterProcess {
         .await
     }
 
+    /// Wait until each rule of `names` logged that it started (a Pub/Sub rule is subscribed
+    /// then: rules of one connection share one subscriber, so counting subscribers cannot tell).
+    pub async fn wait_rules_started(&self, names: &[&str]) {
+        for name in names {
+            self.wait_line(
+                &format!("rule {name} started"),
+                &[&format!("rule{{rule={name} "), "Rule started."],
+            )
+            .await;
+        }
+    }
+
     /// How many log lines contain `what`.
     pub fn count(&self, what: &str) -> usize {
         self.log().lines().filter(|l| l.contains(what)).count()
