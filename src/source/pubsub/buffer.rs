@@ -208,6 +208,11 @@ impl Buffer {
         self.lock().messages.len()
     }
 
+    /// Wake the rule waiting in [`Buffer::data`] (messages won back by `ha: claim`'s checker).
+    pub(super) fn wake(&self) {
+        self.data.notify_one();
+    }
+
     /// Resolves once a message was added since the last wake-up (a stored permit, so none is
     /// missed between a check and the wait).
     pub(super) async fn data(&self) {

@@ -20,11 +20,16 @@
 //!
 //! Each round trip carries, in one pipeline, the `done` marks of the batch last handed out, the
 //! held messages due for a check and the claims of the next batch.
+//!
+//! This instance's own live claims (won, waiting, being delivered) are extended on a timer of
+//! their own every third of the TTL, so a claim expires only when its claimer is gone, never
+//! because its sink is slow.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{error, info};
 
 use super::SourceError;
@@ -33,6 +38,7 @@ use crate::config::ConnectionSpec;
 use crate::filter::{Missing, Template};
 use crate::message::Message;
 use crate::redis_conn;
+use crate::source::{Liveness, keep_alive};
 use crate::stats::RuleStats;
 
 /// The value of a claim whose message was delivered.
@@ -58,9 +64,72 @@ pub(super) fn recheck_interval(ttl: Duration) -> Duration {
 
 /// A message this instance claimed and has not handed to the rule yet.
 struct Won {
-    claimed_at: Instant,
     key: String,
     msg: Message,
+}
+
+/// Extend a claim by its TTL if this instance still holds it. KEYS: the claim; ARGV: this
+/// instance, the TTL in ms.
+const EXTEND: &str = r"
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+";
+
+/// This instance's live claims (won, waiting or being delivered, not yet marked `done`), kept
+/// from expiring on a timer of their own, every third of the TTL ([`keep_alive`]). A claim
+/// expires only when its claimer is gone: an instance whose sink is slower than `claim_ttl` is
+/// alive, and another must not take its messages over (a duplicate), nor may it give up what
+/// it won (lost, when no other instance holds it).
+struct Keeper {
+    conn: redis_conn::Conn,
+    me: String,
+    ttl: Duration,
+    live: Arc<Mutex<HashSet<String>>>,
+    /// The rule, for the warning when extending fails.
+    rule: Arc<str>,
+}
+
+impl Liveness for Keeper {
+    const WHAT: &'static str = "Extending live claims";
+
+    fn name(&self) -> &str {
+        &self.rule
+    }
+
+    fn beat(&mut self) -> impl std::future::Future<Output = Result<(), SourceError>> + Send {
+        self.extend()
+    }
+}
+
+impl Keeper {
+    async fn extend(&mut self) -> Result<(), SourceError> {
+        let keys: Vec<String> = lock(&self.live).iter().cloned().collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.cmd("EVAL")
+                .arg(EXTEND)
+                .arg(1)
+                .arg(key)
+                .arg(&self.me)
+                .arg(self.ttl.as_millis() as u64)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn)
+            .await
+            .map_err(|source| SourceError::Redis {
+                op: "PEXPIRE (claim)",
+                key: String::new(),
+                source,
+            })
+    }
+}
+
+fn lock(live: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    // Only whole keys are inserted or removed under this lock.
+    live.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A message another instance claimed.
@@ -98,6 +167,10 @@ pub(super) struct Claimer {
     stats: Arc<RuleStats>,
     rule: Arc<str>,
     drop_log: (Option<Instant>, u64),
+    /// Keys of `ready` and `in_flight` (and of `done` until it is written), kept alive by
+    /// [`Keeper`].
+    live: Arc<Mutex<HashSet<String>>>,
+    _keeper: AbortOnDropHandle<()>,
 }
 
 /// What a claim's previous value says.
@@ -122,7 +195,17 @@ impl Claimer {
         stats: Arc<RuleStats>,
         rule: Arc<str>,
     ) -> Claimer {
+        let live = Arc::new(Mutex::new(HashSet::new()));
+        let keeper = Keeper {
+            conn: conn.clone(),
+            me: crate::identity::name(),
+            ttl,
+            live: live.clone(),
+            rule: rule.clone(),
+        };
         Claimer {
+            _keeper: keep_alive((ttl / 3).max(MIN_RECHECK), keeper),
+            live,
             conn,
             connection,
             ttl,
@@ -176,18 +259,11 @@ impl Claimer {
     }
 
     /// Hand out up to `max` won messages; their claims are marked `done` when the rule
-    /// acknowledges them. A message whose claim is half-way to expiring is not handed out: it
-    /// could expire while being delivered, and another instance deliver it too. Its claim
-    /// expires unmarked and an instance holding it reclaims and delivers it.
+    /// acknowledges them, and kept alive until then however long delivery takes ([`Keeper`]).
     pub(super) fn take_ready(&mut self, max: usize) -> Vec<Message> {
-        let now = Instant::now();
         let mut out = Vec::new();
         while out.len() < max {
             let Some(won) = self.ready.pop_front() else { break };
-            if now.duration_since(won.claimed_at) >= self.ttl / 2 {
-                RuleStats::add(&self.stats.claimed_elsewhere, 1);
-                continue;
-            }
             self.in_flight.push(won.key);
             out.push(won.msg);
         }
@@ -266,7 +342,13 @@ impl Claimer {
                     source,
                 })?;
         let mut replies = replies.into_iter().skip(self.done.len());
-        self.done.clear();
+        {
+            // Marked `done`: nothing to keep alive any more.
+            let mut live = lock(&self.live);
+            for key in self.done.drain(..) {
+                live.remove(&key);
+            }
+        }
         let mut reclaimed = 0u64;
         let now = Instant::now();
         let mut still_held = Vec::new();
@@ -276,11 +358,7 @@ impl Claimer {
             match previous(replies.next()) {
                 Previous::Won => {
                     reclaimed += 1;
-                    self.ready.push_back(Won {
-                        claimed_at: now,
-                        key: h.key,
-                        msg: h.msg,
-                    });
+                    self.win(h.key, h.msg);
                 }
                 Previous::Done => RuleStats::add(&self.stats.claimed_elsewhere, 1),
                 Previous::Elsewhere => still_held.push(h),
@@ -292,11 +370,7 @@ impl Claimer {
         }
         for (key, msg) in fresh {
             match previous(replies.next()) {
-                Previous::Won => self.ready.push_back(Won {
-                    claimed_at: now,
-                    key,
-                    msg,
-                }),
+                Previous::Won => self.win(key, msg),
                 Previous::Done => RuleStats::add(&self.stats.claimed_elsewhere, 1),
                 Previous::Elsewhere => self.hold(Held {
                     check_at: now + self.recheck,
@@ -315,6 +389,12 @@ impl Claimer {
             );
         }
         Ok(())
+    }
+
+    /// A message this instance claimed: ready to hand out, its claim kept alive.
+    fn win(&mut self, key: String, msg: Message) {
+        lock(&self.live).insert(key.clone());
+        self.ready.push_back(Won { key, msg });
     }
 
     /// Hold a message, dropping the oldest held ones (counted and logged) past the bound.

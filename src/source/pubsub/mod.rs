@@ -24,7 +24,7 @@ use std::time::Instant;
 
 pub use hub::PubSubHub;
 
-use super::{Budget, SourceError};
+use super::{Budget, Liveness, SourceError, keep_alive};
 use crate::config::{SourceSpec, SourceSpecKind};
 use crate::message::{Message, SourceKind};
 use crate::redis_conn;
@@ -32,7 +32,8 @@ use crate::stats::{RuleStats, RuleStatus};
 use buffer::Buffer;
 use claim::Claimer;
 use hub::{Feed, Registration, Topic, TopicKind};
-use lease::Lease;
+use lease::{Lease, LeaseHandle};
+use tokio_util::task::AbortOnDropHandle;
 
 /// Messages handed to the rule per batch.
 const BATCH: usize = 100;
@@ -42,10 +43,12 @@ pub struct PubSubSource {
     buffer: Arc<Buffer>,
     /// Dropping it ends the subscription (unsubscribed when no other rule needs the topic).
     registration: Option<Registration>,
-    /// `ha: claim`.
-    claimer: Option<Claimer>,
+    /// `ha: claim`, shared with [`Checker`].
+    claimer: Option<Arc<tokio::sync::Mutex<Claimer>>>,
+    /// Checks held claims and writes `done` marks on a timer of its own.
+    _checker: Option<AbortOnDropHandle<()>>,
     /// `ha: single`.
-    lease: Option<Lease>,
+    lease: Option<LeaseHandle>,
     /// Bytes a batch may hold.
     budget: Budget,
 }
@@ -122,16 +125,15 @@ impl PubSubSource {
         };
         let lease = match options.lease {
             None => None,
-            Some(ttl) => Some(Lease {
-                conn: side_connection().await?,
-                key: redis_conn::prefixed(&spec.connection, &format!("redis-router:lease:{rule}")),
-                me: crate::identity::name(),
-                ttl,
-                held: false,
-                next_check: Instant::now(),
-                lost_at: None,
-                stats: stats.clone(),
-            }),
+            Some(ttl) => Some(
+                Lease::start(
+                    side_connection().await?,
+                    redis_conn::prefixed(&spec.connection, &format!("redis-router:lease:{rule}")),
+                    ttl,
+                    stats.clone(),
+                )
+                .await?,
+            ),
         };
         let buffer = Arc::new(Buffer::new(
             options.buffer,
@@ -140,6 +142,7 @@ impl PubSubSource {
             stats.clone(),
             rule.clone(),
         ));
+        let rule_name = rule.to_string();
         let feed = Feed {
             buffer: buffer.clone(),
             status,
@@ -153,10 +156,20 @@ impl PubSubSource {
             pattern,
         };
         let registration = hub.register(&spec.connection, topic, feed).await?;
+        let claimer = claimer.map(|c| Arc::new(tokio::sync::Mutex::new(c)));
+        let checker = claimer.as_ref().zip(options.claim.as_ref()).map(|(c, spec)| {
+            let checker = Checker {
+                claimer: c.clone(),
+                buffer: buffer.clone(),
+                name: rule_name.clone(),
+            };
+            keep_alive(claim::recheck_interval(spec.ttl), checker)
+        });
         Ok(PubSubSource {
             buffer,
             registration: Some(registration),
             claimer,
+            _checker: checker,
             lease,
             budget,
         })
@@ -168,9 +181,10 @@ impl PubSubSource {
     /// # Errors
     /// When the marks cannot be written; the caller retries.
     pub async fn ack(&mut self) -> Result<(), SourceError> {
-        let Some(c) = &mut self.claimer else {
+        let Some(c) = &self.claimer else {
             return Ok(());
         };
+        let mut c = c.lock().await;
         c.acknowledge();
         let fresh = if c.has_ready() {
             Vec::new()
@@ -192,14 +206,11 @@ impl PubSubSource {
     /// expire and the instances holding those messages deliver them.
     pub async fn recv(&mut self) -> Result<Option<Vec<Message>>, SourceError> {
         loop {
-            if let Some(c) = &mut self.claimer {
-                let batch = c.take_ready(BATCH);
+            if let Some(c) = &self.claimer {
+                let batch = c.lock().await.take_ready(BATCH);
                 if !batch.is_empty() {
                     return Ok(Some(batch));
                 }
-            }
-            if let Some(lease) = &mut self.lease {
-                lease.refresh().await?;
             }
             let max = if self.claimer.is_some() {
                 claim::CLAIM_WINDOW
@@ -208,34 +219,23 @@ impl PubSubSource {
             };
             let batch = self.buffer.take(max, &self.budget);
             if let Some(lease) = &self.lease
-                && !lease.held
+                && !lease.held()
                 && !batch.is_empty()
             {
                 // Standby: another instance delivers these.
                 RuleStats::add(&lease.stats.claimed_elsewhere, batch.len() as u64);
                 continue;
             }
-            match &mut self.claimer {
+            match &self.claimer {
                 None if !batch.is_empty() => return Ok(Some(batch)),
-                Some(c) if !batch.is_empty() || c.has_work(Instant::now()) => {
-                    c.round(batch).await?;
+                Some(c) if !batch.is_empty() => {
+                    c.lock().await.round(batch).await?;
                     continue;
                 }
                 _ => {}
             }
-            let deadline = self
-                .claimer
-                .as_ref()
-                .and_then(Claimer::next_check)
-                .into_iter()
-                .chain(self.lease.as_ref().map(|l| l.next_check))
-                .min();
-            match deadline {
-                Some(at) => {
-                    let _ = tokio::time::timeout_at(at.into(), self.buffer.data()).await;
-                }
-                None => self.buffer.data().await,
-            }
+            // New messages, or messages the checker won back, wake this up.
+            self.buffer.data().await;
         }
     }
 
@@ -251,7 +251,7 @@ impl PubSubSource {
         // Ends the subscription, so that nothing more arrives while the rule drains.
         self.registration.take();
         let left = self.buffer.close();
-        let standby = self.lease.as_ref().is_some_and(|l| !l.held);
+        let standby = self.lease.as_ref().is_some_and(|l| !l.held());
         if self.claimer.is_some() || standby {
             Vec::new()
         } else {
@@ -259,8 +259,50 @@ impl PubSubSource {
         }
     }
 
-    /// Messages waiting in the buffer (and, with `ha: claim`, held for another instance).
+    /// Messages waiting in the buffer (and, with `ha: claim`, held for another instance, when
+    /// the claims are not being written just now).
     pub fn buffered(&self) -> usize {
-        self.buffer.len() + self.claimer.as_ref().map_or(0, Claimer::held)
+        let held = self
+            .claimer
+            .as_ref()
+            .and_then(|c| c.try_lock().ok().map(|c| c.held()))
+            .unwrap_or(0);
+        self.buffer.len() + held
+    }
+}
+
+/// `ha: claim`'s rounds that do not wait for the rule: every [`claim::recheck_interval`], the
+/// held messages due for a check are checked and the `done` marks of what the rule acknowledged
+/// are written, even while the rule is busy delivering (a holder that checked only between its
+/// own batches would miss, behind a slow sink, the `done` mark of a message it holds, and
+/// deliver it a second time once the mark expired). What it wins back wakes the rule.
+struct Checker {
+    claimer: Arc<tokio::sync::Mutex<Claimer>>,
+    buffer: Arc<Buffer>,
+    name: String,
+}
+
+impl Liveness for Checker {
+    const WHAT: &'static str = "Checking held claims";
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn beat(&mut self) -> impl std::future::Future<Output = Result<(), SourceError>> + Send {
+        self.check()
+    }
+}
+
+impl Checker {
+    async fn check(&mut self) -> Result<(), SourceError> {
+        let mut c = self.claimer.lock().await;
+        if c.has_work(Instant::now()) {
+            c.round(Vec::new()).await?;
+        }
+        if c.has_ready() {
+            self.buffer.wake();
+        }
+        Ok(())
     }
 }
