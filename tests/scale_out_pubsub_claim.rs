@@ -7,12 +7,19 @@
 //! messages were dropped, and those whose claimer then died were lost. Held claims are checked
 //! again long before the TTL, so nothing overflows (`overflowed_total` stays 0) and the killed
 //! instance's claims are counted as reclaimed by the others (`claims_reclaimed_total`).
+//!
+//! The kill must land while the instance has claims in flight, or there is nothing to reclaim:
+//! b's rule has one more sink, a webhook that never answers, so its first batch is written to
+//! the stream and then stays in flight, unmarked, until b is killed. That batch is delivered a
+//! second time by the survivors: the duplicates the README states, each once by b and once by a
+//! survivor.
 
 mod support;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use support::hook::{HookServer, Reply};
 use support::*;
 
 async fn metrics(port: u16) -> Option<String> {
@@ -55,12 +62,19 @@ async fn each_message_once_and_nothing_lost_when_an_instance_dies() {
     let redis = RedisServer::start();
     let mut conn = redis.conn().await;
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let hook = HookServer::start().await;
+    hook.set_default(Reply::Hang(Duration::from_secs(600)));
+    let b_rules = format!(
+        "{RULES}      - webhook: \"{}\"\n        timeout: 600s\n",
+        hook.url("/b")
+    );
     let mut routers: Vec<RouterProcess> = ["a", "b", "c"]
         .iter()
         .zip(&ports)
         .map(|(i, port)| {
             let listen = format!("127.0.0.1:{port}");
-            RouterProcess::start_instance(RULES, &redis.url(), &["--listen", &listen], Some(i))
+            let rules = if *i == "b" { b_rules.as_str() } else { RULES };
+            RouterProcess::start_instance(rules, &redis.url(), &["--listen", &listen], Some(i))
         })
         .collect();
     wait_subscribers(&mut conn, "events", 3).await;
@@ -73,6 +87,8 @@ async fn each_message_once_and_nothing_lost_when_an_instance_dies() {
         }
         let _: () = within(pipe.query_async(&mut conn)).await.unwrap();
         if chunk == TOTAL / 1000 {
+            // b is in the middle of a batch: written to the stream, waiting for its webhook.
+            hook.wait_requests(1).await;
             routers[1].signal("KILL");
             tokio::task::block_in_place(|| routers[1].wait_exit(Duration::from_secs(10)));
         }
@@ -131,6 +147,7 @@ async fn each_message_once_and_nothing_lost_when_an_instance_dies() {
     // delivered twice: at most b's batch in flight, and each such message once by b and once
     // by the survivor that reclaimed it.
     assert!(duplicates <= 100, "{duplicates} duplicates");
+    assert!(duplicates > 0, "b's batch in flight was delivered again by a survivor");
     for (n, count) in &per_n {
         if *count > 1 {
             let bys: Vec<&str> = dst
