@@ -34,20 +34,22 @@ async fn sighup_reloads_through_the_same_step() {
     assert!(line.contains(r#" added=["b"] "#), "{line}");
     wait_subscribers(&mut conn, "in:b", 1).await;
 
-    // Nothing changed: the signal still gets its line (and a generation), nothing restarts.
+    // Nothing changed: the signal still gets its line, but nothing is applied, the generation
+    // stays and the reload counts as unchanged.
     router.signal("HUP");
     let line = router
-        .wait_line("the second reload", &["Rules reloaded.", " generation=3 "])
+        .wait_line("the answer to the second signal", &["Rule file unchanged; nothing to reload."])
         .await;
-    assert!(line.contains(" added=[] changed=[] removed=[] "), "{line}");
+    assert!(line.contains(" generation=2 ") && line.contains(" trigger=signal"), "{line}");
 
     // Invalid: rejected with its position, generation stays.
-    std::fs::write(&router.file, rules(&["a", "b"]).replace("name: b", "nme: b")).unwrap();
+    let good = rules(&["a", "b"]);
+    std::fs::write(&router.file, good.replace("name: b", "nme: b")).unwrap();
     router.signal("HUP");
     let rejected = router
         .wait_line("the rejection", &["Reload rejected; the running rules stay."])
         .await;
-    assert!(rejected.contains(" generation=3"), "{rejected}");
+    assert!(rejected.contains(" generation=2"), "{rejected}");
     let file = router.file.display().to_string();
     let log = router.log();
     assert!(
@@ -55,5 +57,15 @@ async fn sighup_reloads_through_the_same_step() {
             .any(|l| l.contains("ERROR") && l.contains(&format!("{file}:7:5: "))),
         "the mistake is reported at line 7 column 5:\n{log}"
     );
-    assert_eq!(log.matches("Rules reloaded.").count(), 2);
+
+    // The fix puts back what runs: unchanged again, not a new generation.
+    std::fs::write(&router.file, &good).unwrap();
+    router.signal("HUP");
+    wait_for("the answer to the fix", TIMEOUT, || async {
+        (router.count("Rule file unchanged; nothing to reload.") == 2).then_some(())
+    })
+    .await;
+    let log = router.log();
+    assert_eq!(log.matches("Rules reloaded.").count(), 1, "{log}");
+    assert!(!log.contains("generation=3"), "{log}");
 }

@@ -106,6 +106,9 @@ pub struct Reloader {
     /// Full SHA-256 of the last content read, applied or rejected: a file event with the same
     /// content is skipped.
     last_seen: [u8; 32],
+    /// Full SHA-256 of the content the running rules came from: a reload that finds it again
+    /// (a signal with nothing changed, a file put back after a rejected edit) is `unchanged`.
+    running: [u8; 32],
 }
 
 /// Each warning of a file about to run, once, as `check` prints it.
@@ -141,6 +144,7 @@ impl Reloader {
             supervisor,
             stats,
             last_seen: digest,
+            running: digest,
         })
     }
 
@@ -164,11 +168,14 @@ impl Reloader {
     /// running rules alone. Logs one INFO line per applied reload: generation, hash, and the
     /// names added, changed and removed.
     ///
-    /// A [`ReloadTrigger::FileChanged`] whose content hashes the same as the last content seen
-    /// does nothing (reading the file, touching it or a second event of one write must not
-    /// restart anything); a [`ReloadTrigger::Signal`] always reads and validates.
+    /// Content that hashes the same as the running rules' is `unchanged`, whatever asked (a
+    /// SIGHUP with nothing changed, a file put back as it was after a rejected edit): nothing
+    /// restarts and the generation stays; a signal is still answered with an INFO line. A
+    /// [`ReloadTrigger::FileChanged`] whose content is the last content seen (a rejected file
+    /// touched again) is `unchanged` too, without logging its mistakes again; a
+    /// [`ReloadTrigger::Signal`] validates such content again and answers with them.
     pub async fn reload(&mut self, trigger: ReloadTrigger) -> ReloadOutcome {
-        let prepared = prepare(self.path.clone(), trigger, self.last_seen).await;
+        let prepared = prepare(self.path.clone(), trigger, self.last_seen, self.running).await;
         self.apply(trigger, prepared).await
     }
 
@@ -176,9 +183,15 @@ impl Reloader {
     async fn apply(&mut self, trigger: ReloadTrigger, prepared: Prepared) -> ReloadOutcome {
         let (hash, set) = match prepared {
             Prepared::Unreadable(e) => return self.reject(trigger, None, &e),
-            Prepared::Unchanged { hash } => {
+            Prepared::Unchanged { digest, hash } => {
+                self.last_seen = digest;
                 ReloadStats::add(&self.stats.unchanged);
-                debug!(hash = %hash, "Rule file event without a change of content; nothing to reload.");
+                let generation = ReloadStats::get(&self.stats.generation);
+                if trigger == ReloadTrigger::Signal {
+                    info!(hash = %hash, generation, trigger = %trigger, "Rule file unchanged; nothing to reload.");
+                } else {
+                    debug!(hash = %hash, generation, "Rule file event without a change of content; nothing to reload.");
+                }
                 return ReloadOutcome::Unchanged;
             }
             Prepared::Invalid { digest, hash, error } => {
@@ -187,6 +200,7 @@ impl Reloader {
             }
             Prepared::Valid { digest, hash, set } => {
                 self.last_seen = digest;
+                self.running = digest;
                 (hash, set)
             }
         };
@@ -281,7 +295,7 @@ impl Reloader {
             let prepared = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
-                prepared = prepare(self.path.clone(), trigger, self.last_seen) => prepared,
+                prepared = prepare(self.path.clone(), trigger, self.last_seen, self.running) => prepared,
             };
             self.apply(trigger, prepared).await;
         }
@@ -303,8 +317,8 @@ impl ReloadStats {
 enum Prepared {
     /// The file could not be read.
     Unreadable(ConfigError),
-    /// A file event, and the content is the one seen last.
-    Unchanged { hash: String },
+    /// The content the rules run from, or a file event with the content seen last.
+    Unchanged { digest: [u8; 32], hash: String },
     /// New content with mistakes.
     Invalid {
         digest: [u8; 32],
@@ -319,17 +333,18 @@ enum Prepared {
     },
 }
 
-/// Read the file and, unless a file event finds the content seen last (`last_seen`), validate
-/// it. Changes nothing, so it can be abandoned at any point.
-async fn prepare(path: PathBuf, trigger: ReloadTrigger, last_seen: [u8; 32]) -> Prepared {
+/// Read the file and, unless it is the content running (`running`) or a file event finds the
+/// content seen last (`last_seen`), validate it. Changes nothing, so it can be abandoned at any
+/// point.
+async fn prepare(path: PathBuf, trigger: ReloadTrigger, last_seen: [u8; 32], running: [u8; 32]) -> Prepared {
     let file = path.display().to_string();
     let (text, digest) = match read(path).await {
         Ok(read) => read,
         Err(e) => return Prepared::Unreadable(e),
     };
     let hash = short_hash(&digest);
-    if trigger == ReloadTrigger::FileChanged && digest == last_seen {
-        return Prepared::Unchanged { hash };
+    if digest == running || (trigger == ReloadTrigger::FileChanged && digest == last_seen) {
+        return Prepared::Unchanged { digest, hash };
     }
     match validate(text, file).await {
         Ok(set) => Prepared::Valid { digest, hash, set },
