@@ -153,6 +153,29 @@ pub struct RuleSpec {
 }
 
 impl RuleSpec {
+    /// Whether `other` runs exactly as this rule does: everything but its `tests:`, which only
+    /// `redis-router test` reads, so that editing a rule's test cases restarts nothing. Every
+    /// field is named here, so a new one cannot be forgotten.
+    pub fn runs_like(&self, other: &RuleSpec) -> bool {
+        let RuleSpec {
+            name,
+            source,
+            filter,
+            transform,
+            sinks,
+            on_error,
+            tests: _,
+            limits,
+        } = self;
+        *name == other.name
+            && *source == other.source
+            && *filter == other.filter
+            && *transform == other.transform
+            && *sinks == other.sinks
+            && *on_error == other.on_error
+            && *limits == other.limits
+    }
+
     /// `channel events:order -> stream processed_stream, publish x`.
     pub fn summary(&self) -> String {
         let sinks: Vec<String> = self.sinks.iter().map(SinkSpec::label).collect();

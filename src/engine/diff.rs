@@ -25,7 +25,8 @@ impl RuleSetDiff {
 }
 
 /// Compare by name. Rule specs embed their connections, so a changed connection URL or prefix
-/// makes exactly the rules that use it "changed".
+/// makes exactly the rules that use it "changed"; a rule whose only change is its `tests:` is
+/// unchanged ([`RuleSpec::runs_like`]).
 pub fn diff<'a>(old: impl IntoIterator<Item = &'a RuleSpec>, new: &[RuleSpec]) -> RuleSetDiff {
     // By name through maps: ten thousand rules must not cost a hundred million comparisons.
     let old: Vec<&RuleSpec> = old.into_iter().collect();
@@ -35,7 +36,7 @@ pub fn diff<'a>(old: impl IntoIterator<Item = &'a RuleSpec>, new: &[RuleSpec]) -
     for rule in new {
         match old_by_name.get(rule.name.as_str()) {
             None => out.added.push(rule.name.clone()),
-            Some(o) if *o == rule => out.unchanged.push(rule.name.clone()),
+            Some(o) if o.runs_like(rule) => out.unchanged.push(rule.name.clone()),
             Some(_) => out.changed.push(rule.name.clone()),
         }
     }
@@ -82,6 +83,17 @@ mod tests {
                 format!("{BASE}{}", rule("a", "x2", "default")),
                 RuleSetDiff {
                     changed: vec!["a".into()],
+                    ..Default::default()
+                },
+            ),
+            (
+                format!("{BASE}{}", rule("a", "x", "default")),
+                format!(
+                    "{BASE}{}    tests:\n      - {{ input: '{{}}', expect: {{ filtered_out: false }} }}\n",
+                    rule("a", "x", "default")
+                ),
+                RuleSetDiff {
+                    unchanged: vec!["a".into()],
                     ..Default::default()
                 },
             ),
