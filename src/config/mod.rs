@@ -691,6 +691,24 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_with_a_mistake_is_reported_once_not_again_where_rules_use_it() {
+        // The README's example with `REDIS_PASSWORD` unset.
+        let text = "connections:\n  laravel: { url: \"redis://:${REDIS_PASSWORD}@10.0.0.5:6379/0\", prefix: \"laravel_database_\" }\nrules:\n  - name: a\n    source: { channel: x, connection: laravel }\n    sinks: [ { stream: y, connection: laravel } ]\n";
+        assert_eq!(
+            errors(text),
+            vec![
+                "r.yaml:2:19: environment variable `REDIS_PASSWORD` is not set; set it, or write `${REDIS_PASSWORD:-default}`"
+            ]
+        );
+        // A connection nobody defined is still unknown.
+        let text = "rules:\n  - name: a\n    source: { channel: x, connection: larvel }\n    sinks: [ { stream: y } ]\n";
+        assert_eq!(
+            errors(text),
+            vec!["r.yaml:3:39: rule \"a\": unknown connection `larvel`; define it under `connections:` or use one of: default"]
+        );
+    }
+
+    #[test]
     fn edit_distances() {
         assert_eq!(edit_distance("maxln", "maxlen"), 1);
         assert_eq!(edit_distance("", "abc"), 3);

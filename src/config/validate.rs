@@ -50,6 +50,9 @@ struct Ctx<'a> {
     /// What is allowed but risky; `check` shows it, `run` logs it, neither refuses the file.
     warnings: Vec<Diagnostic>,
     rule: Option<String>,
+    /// Every connection the file defines, valid or not: a rule naming one whose definition has
+    /// a mistake (reported there) is not told the connection is unknown too.
+    defined_connections: std::collections::HashSet<String>,
 }
 
 impl Ctx<'_> {
@@ -160,6 +163,7 @@ pub(super) fn validate(raw: RawFile, env: &dyn Fn(&str) -> Option<String>) -> Re
         errors: Vec::new(),
         warnings: Vec::new(),
         rule: None,
+        defined_connections: raw.connections.keys().cloned().collect(),
     };
     let connections = connections(&mut cx, &raw);
     let http = raw.http.as_ref().and_then(|h| {
@@ -363,6 +367,10 @@ fn connection(cx: &mut Ctx<'_>, name: &Option<SpStr>, conns: &Connections) -> Op
     };
     if let Some(c) = conns.get(&name.value) {
         return Some(c.clone());
+    }
+    if cx.defined_connections.contains(&name.value) {
+        // Defined with a mistake, which its definition reported: one mistake, one message.
+        return None;
     }
     let known: Vec<&str> = conns.keys().map(String::as_str).collect();
     let hint = known
