@@ -38,9 +38,15 @@ async fn sighup_reloads_through_the_same_step() {
     // stays and the reload counts as unchanged.
     router.signal("HUP");
     let line = router
-        .wait_line("the answer to the second signal", &["Rule file unchanged; nothing to reload."])
+        .wait_line(
+            "the answer to the second signal",
+            &["Rule file unchanged; nothing to reload."],
+        )
         .await;
-    assert!(line.contains(" generation=2 ") && line.contains(" trigger=signal"), "{line}");
+    assert!(
+        line.contains(" generation=2 ") && line.contains(" trigger=signal"),
+        "{line}"
+    );
 
     // Invalid: rejected with its position, generation stays.
     let good = rules(&["a", "b"]);

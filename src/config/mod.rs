@@ -701,10 +701,13 @@ mod tests {
             ]
         );
         // A connection nobody defined is still unknown.
-        let text = "rules:\n  - name: a\n    source: { channel: x, connection: larvel }\n    sinks: [ { stream: y } ]\n";
+        let text =
+            "rules:\n  - name: a\n    source: { channel: x, connection: larvel }\n    sinks: [ { stream: y } ]\n";
         assert_eq!(
             errors(text),
-            vec!["r.yaml:3:39: rule \"a\": unknown connection `larvel`; define it under `connections:` or use one of: default"]
+            vec![
+                "r.yaml:3:39: rule \"a\": unknown connection `larvel`; define it under `connections:` or use one of: default"
+            ]
         );
     }
 
