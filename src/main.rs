@@ -37,17 +37,33 @@ enum LogFormat {
     Json,
 }
 
-/// `-c FILE`, shared by the commands that read a rule file and touch Redis.
+/// The rule file, the same way for every command: `-c FILE` (or `--config`), or `FILE` as the
+/// last argument; else `$REDIS_ROUTER_CONFIG`; else `routes.yaml`.
 #[derive(clap::Args)]
 struct RuleFile {
-    /// The rule file.
-    #[arg(
-        short = 'c',
-        long = "config",
-        env = "REDIS_ROUTER_CONFIG",
-        default_value = "routes.yaml"
-    )]
-    config: PathBuf,
+    /// The rule file [env: REDIS_ROUTER_CONFIG] [default: routes.yaml].
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The rule file, as `-c` gives it.
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+impl RuleFile {
+    /// The file given, whichever way; an error when `-c` and a last argument disagree.
+    fn path(&self) -> Result<PathBuf, String> {
+        match (&self.config, &self.file) {
+            (Some(c), Some(f)) if c != f => Err(format!(
+                "two rule files given, `-c {}` and `{}`; give one",
+                c.display(),
+                f.display()
+            )),
+            (Some(p), _) | (None, Some(p)) => Ok(p.clone()),
+            (None, None) => Ok(std::env::var_os("REDIS_ROUTER_CONFIG")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("routes.yaml"))),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -80,9 +96,8 @@ enum Command {
     },
     /// Check a rule file: print every mistake, or one line per rule.
     Check {
-        /// The rule file.
-        #[arg(env = "REDIS_ROUTER_CONFIG", default_value = "routes.yaml")]
-        file: PathBuf,
+        #[command(flatten)]
+        file: RuleFile,
         /// Print, per connection, the `ACL SETUSER` rule granting exactly the keys, channels and
         /// commands the file needs.
         #[arg(long)]
@@ -94,9 +109,8 @@ enum Command {
     /// Run each rule's `tests:` offline, without Redis: one line per case, a diff for each
     /// failure, exit 1 when one fails.
     Test {
-        /// The rule file.
-        #[arg(env = "REDIS_ROUTER_CONFIG", default_value = "routes.yaml")]
-        file: PathBuf,
+        #[command(flatten)]
+        file: RuleFile,
     },
     /// Try it with nothing running: a throwaway redis-server (from PATH), the example rules,
     /// and where each message went.
@@ -144,9 +158,24 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
+    let file = match &cli.command {
+        Command::Check { file, .. }
+        | Command::Test { file }
+        | Command::Run { file, .. }
+        | Command::Dlq {
+            action: DlqAction::List { file, .. } | DlqAction::Replay { file, .. },
+        } => match file.path() {
+            Ok(path) => path,
+            Err(e) => {
+                eprintln!("redis-router: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        Command::Demo => PathBuf::new(),
+    };
     match cli.command {
-        Command::Check { file, acl, acl_user } => check(&file, acl.then_some(acl_user.as_str())),
-        Command::Test { file } => test(&file),
+        Command::Check { acl, acl_user, .. } => check(&file, acl.then_some(acl_user.as_str())),
+        Command::Test { .. } => test(&file),
         Command::Demo => demo(),
         Command::Dlq { action } => {
             let runtime = match tokio::runtime::Runtime::new() {
@@ -156,7 +185,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(dlq(action)) {
+            match runtime.block_on(dlq(&file, action)) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("redis-router: {}", redis_router::mask::text(&format!("{e:#}")));
@@ -165,13 +194,13 @@ fn main() -> ExitCode {
             }
         }
         Command::Run {
-            file: RuleFile { config },
             drain_timeout,
             listen,
             dry_run,
             reload_debounce,
             instance,
             threads,
+            ..
         } => {
             if let Some(id) = &instance {
                 redis_router::identity::set_instance(id);
@@ -193,7 +222,7 @@ fn main() -> ExitCode {
                 dry_run,
                 reload_debounce,
             };
-            let result = runtime.block_on(run(&config, options));
+            let result = runtime.block_on(run(&file, options));
             // `run` has awaited every task it started. What may remain is a read of the rule
             // file stuck in the kernel (a hung network mount), which a stop no longer waits
             // for: dropping the runtime normally would wait for it after all.
@@ -232,9 +261,7 @@ fn print_config_error(e: &ConfigError) {
     }
 }
 
-async fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
-    let (DlqAction::List { file, .. } | DlqAction::Replay { file, .. }) = &action;
-    let path = &file.config;
+async fn dlq(path: &Path, action: DlqAction) -> anyhow::Result<ExitCode> {
     let set = match config::load(path) {
         Ok(set) => set,
         Err(e) => {
@@ -305,6 +332,12 @@ fn check(file: &Path, acl_user: Option<&str>) -> ExitCode {
                 );
                 return ExitCode::from(EXIT_CONFIG);
             }
+            if set.rules.is_empty() {
+                eprintln!(
+                    "{}: warning: no rules; the router would start and do nothing",
+                    file.display()
+                );
+            }
             match acl_user {
                 None => {
                     for rule in &set.rules {
@@ -357,6 +390,14 @@ fn test(file: &Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if reports.is_empty() {
+        // Nothing checked is not a pass: a CI step running this must notice.
+        eprintln!(
+            "{}: no rule has `tests:`; nothing was tested (see \"Testing rules\" in the README)",
+            file.display()
+        );
+        return ExitCode::FAILURE;
+    }
     for report in &reports {
         println!("{report}");
     }

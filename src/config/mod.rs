@@ -257,6 +257,9 @@ const MAX_ALIAS_VALUES: usize = 100_000;
 /// parse is bounded by these, whatever it holds.
 fn parse<'de, T: Deserialize<'de>>(text: &'de str) -> Result<T, serde_saphyr::Error> {
     let options = serde_saphyr::options! {
+        // YAML 1.2: only `true` and `false` are booleans. A `tests:` case read as untyped
+        // data then sees `stream: y` as the text `y`, as the sink above it does.
+        strict_booleans: true,
         budget: serde_saphyr::budget! {
             max_nodes: MAX_YAML_VALUES,
             max_events: 2 * MAX_YAML_VALUES,
