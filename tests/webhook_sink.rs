@@ -255,3 +255,46 @@ rules:
     assert!(labels.iter().all(|l| !l.contains("SECRET")), "{labels:?}");
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn content_type_says_what_the_body_is_and_a_rule_header_replaces_it() {
+    let redis = RedisServer::start();
+    let hook = HookServer::start().await;
+    let mut conn = redis.conn().await;
+    let rule = format!(
+        r#"        body: "order {{{{$.order}}}} paid"
+      - webhook: "{json}"
+      - webhook: "{form}"
+        headers: {{ Content-Type: "application/x-www-form-urlencoded" }}
+        body: "order={{{{$.order}}}}""#,
+        json = hook.url("/json"),
+        form = hook.url("/form"),
+    );
+    let daemon = spawn_daemon(&channel_rule(&hook.url("/text"), &rule), &redis.url()).await;
+    publish(&mut conn, r#"{"order":3}"#).await;
+    wait_for("three requests", TIMEOUT, || async {
+        (hook.requests().len() == 3).then_some(())
+    })
+    .await;
+    let by_path: HashMap<String, support::hook::Recorded> =
+        hook.requests().into_iter().map(|r| (r.path.clone(), r)).collect();
+    let types = |path: &str| -> Vec<String> {
+        by_path[path]
+            .headers
+            .get_all("content-type")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(by_path["/text"].body_str(), "order 3 paid");
+    assert_eq!(types("/text"), ["text/plain; charset=utf-8"]);
+    assert_eq!(by_path["/json"].body_str(), r#"{"order":3}"#);
+    assert_eq!(types("/json"), ["application/json"]);
+    assert_eq!(by_path["/form"].body_str(), "order=3");
+    assert_eq!(
+        types("/form"),
+        ["application/x-www-form-urlencoded"],
+        "one Content-Type, the rule's"
+    );
+    daemon.stop().await;
+}

@@ -199,16 +199,22 @@ impl Sink {
     }
 }
 
-/// Command arguments as one line, quoted where needed (as redis-cli would take them).
+/// Command arguments as one line, each quoted as a POSIX shell (and redis-cli) takes it back.
 pub fn shell_words(args: &[Vec<u8>]) -> String {
     args.iter()
         .map(|a| {
-            let s = String::from_utf8_lossy(a);
-            if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/~@".contains(c)) {
-                s.into_owned()
-            } else {
-                format!("'{}'", s.replace('\'', "'\\''"))
-            }
+            let quoted = match shlex::bytes::try_quote(a) {
+                Ok(q) => q.into_owned(),
+                // No shell word holds a NUL byte: shown as `\0` in the quoted rest.
+                Err(_) => {
+                    let shown: Vec<u8> = a
+                        .iter()
+                        .flat_map(|&b| if b == 0 { b"\\0".to_vec() } else { vec![b] })
+                        .collect();
+                    shlex::bytes::try_quote(&shown).map(|q| q.into_owned()).unwrap_or(shown)
+                }
+            };
+            String::from_utf8_lossy(&quoted).into_owned()
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -350,5 +356,19 @@ fn clone_error(e: &redis::RedisError) -> redis::RedisError {
         ))
     } else {
         redis::RedisError::from((redis::ErrorKind::Client, "pipeline failed", e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod shell_words_tests {
+    use super::shell_words;
+
+    #[test]
+    fn quotes_what_a_shell_would_split_or_expand() {
+        let args: Vec<Vec<u8>> = [&b"XADD"[..], b"out", b"*", b"it's", b"a b", b"", b"x\0y"]
+            .iter()
+            .map(|a| a.to_vec())
+            .collect();
+        assert_eq!(shell_words(&args), r#"XADD out '*' "it's" 'a b' '' "x\\0y""#);
     }
 }

@@ -174,10 +174,16 @@ impl WebhookSink {
             sink: self.label.clone(),
             source,
         })?;
-        let mut req = self
-            .client
-            .request(self.method.clone(), &url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        let mut req = self.client.request(self.method.clone(), &url);
+        // A `Content-Type` among the rule's headers is the operator's word; else the body says.
+        if !self
+            .spec
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            req = req.header(reqwest::header::CONTENT_TYPE, content_type(&body));
+        }
         for (k, v) in &self.spec.headers {
             req = req.header(k, v);
         }
@@ -270,6 +276,21 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
             .unwrap_or_default(),
     };
     Some(d.min(MAX_RETRY_AFTER))
+}
+
+/// The media type of a body: JSON when it is JSON (a payload routed as it came, a rendered
+/// `{{$.data}}`), plain text for other UTF-8 (`order {{$.id}} paid`), bytes otherwise.
+fn content_type(body: &[u8]) -> &'static str {
+    let json = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+        // Deeper than the parser's nesting limit: a document that opens as one is taken as one.
+        || matches!(body.iter().find(|b| !b.is_ascii_whitespace()), Some(b'{' | b'['));
+    if json {
+        "application/json"
+    } else if std::str::from_utf8(body).is_ok() {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/octet-stream"
+    }
 }
 
 #[cfg(test)]
