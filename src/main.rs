@@ -323,7 +323,7 @@ fn check(file: &Path, acl_user: Option<&str>) -> ExitCode {
             let case_errors = redis_router::testing::check(&set);
             if !case_errors.is_empty() {
                 for e in &case_errors {
-                    eprintln!("{}: {}", file.display(), redis_router::mask::text(&e.to_string()));
+                    eprintln!("{}", redis_router::mask::text(&e.render(&file.display().to_string())));
                 }
                 eprintln!(
                     "{} error{} found.",
@@ -383,7 +383,7 @@ fn test(file: &Path) -> ExitCode {
         Ok(reports) => reports,
         Err(errors) => {
             for e in &errors {
-                eprintln!("{}: {}", file.display(), redis_router::mask::text(&e.to_string()));
+                eprintln!("{}", redis_router::mask::text(&e.render(&file.display().to_string())));
             }
             let n = errors.len();
             eprintln!("{n} error{} found.", if n == 1 { "" } else { "s" });

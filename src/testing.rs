@@ -42,6 +42,19 @@ pub struct CaseError {
     pub path: String,
     /// What is wrong, and what to write instead.
     pub message: String,
+    /// Where in the file (line, column): at the key or item the path names, or the nearest
+    /// one that is written.
+    pub at: Option<crate::config::At>,
+}
+
+impl CaseError {
+    /// As `FILE:LINE:COL: rule "NAME": PATH: message`, like the file's other mistakes.
+    pub fn render(&self, file: &str) -> String {
+        match self.at {
+            Some((line, column)) => format!("{file}:{line}:{column}: {self}"),
+            None => format!("{file}: {self}"),
+        }
+    }
 }
 
 /// One test case of a rule, parsed and checked against the rule it belongs to.
@@ -121,6 +134,8 @@ fn sink_target(spec: &SinkSpec) -> &str {
 /// Collects the mistakes of one rule's cases.
 struct Parser<'a> {
     rule: &'a RuleSpec,
+    /// Where the parts of the case being read are written.
+    positions: &'a [(String, crate::config::At)],
     errors: Vec<CaseError>,
 }
 
@@ -130,27 +145,30 @@ impl Parser<'_> {
             rule: self.rule.name.clone(),
             path: path.to_string(),
             message: message.into(),
+            at: crate::config::position_of(self.positions, path),
         });
     }
 
-    /// The mapping at `path`, with unknown keys reported (with a "did you mean").
-    fn mapping<'v>(
-        &mut self,
-        value: &'v Value,
-        path: &str,
-        keys: &[&str],
-        what: &str,
-    ) -> Option<&'v Map<String, Value>> {
+    /// The mapping at `path`, with unknown keys reported (with a "did you mean"). A misspelt
+    /// key with one close match that is not written too is read as that key, so its value is
+    /// checked and the key is not reported missing as well: one mistake, one message.
+    fn mapping(&mut self, value: &Value, path: &str, keys: &[&str], what: &str) -> Option<Map<String, Value>> {
         let Value::Object(map) = value else {
             self.err(path, format!("{what} must be a mapping, not {}", type_name(value)));
             return None;
         };
-        for key in map.keys() {
-            if !keys.contains(&key.as_str()) {
-                self.err(&format!("{path}.{key}"), unknown_key(key, keys));
+        let mut read = Map::new();
+        for (key, value) in map {
+            if keys.contains(&key.as_str()) {
+                read.insert(key.clone(), value.clone());
+                continue;
+            }
+            self.err(&format!("{path}.{key}"), unknown_key(key, keys));
+            if let Some(meant) = closest(key, keys).filter(|k| !map.contains_key(*k) && !read.contains_key(*k)) {
+                read.insert(meant.to_string(), value.clone());
             }
         }
-        Some(map)
+        Some(read)
     }
 
     fn string(&mut self, value: &Value, path: &str) -> Option<String> {
@@ -267,7 +285,7 @@ impl Parser<'_> {
         };
         let map = self.mapping(value, path, META_KEYS, "`meta`")?;
         let mut ok = true;
-        for (k, v) in map {
+        for (k, v) in &map {
             let at = format!("{path}.{k}");
             match k.as_str() {
                 "key" => match self.string(v, &at) {
@@ -541,15 +559,20 @@ impl Parser<'_> {
 
 /// "unknown key", with a "did you mean" when one of `candidates` is close.
 fn unknown_key(key: &str, candidates: &[&str]) -> String {
-    let best = candidates
+    match closest(key, candidates) {
+        Some(c) => format!("unknown key `{key}`; did you mean `{c}`?"),
+        None => format!("unknown key `{key}`; expected one of: {}", candidates.join(", ")),
+    }
+}
+
+/// The candidate `key` is a misspelling of, if one is close.
+fn closest<'c>(key: &str, candidates: &[&'c str]) -> Option<&'c str> {
+    candidates
         .iter()
         .map(|c| (edit_distance(key, c), *c))
         .filter(|(d, c)| *d <= 2.max(c.len() / 3))
-        .min_by_key(|(d, _)| *d);
-    match best {
-        Some((_, c)) => format!("unknown key `{key}`; did you mean `{c}`?"),
-        None => format!("unknown key `{key}`; expected one of: {}", candidates.join(", ")),
-    }
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
 }
 
 fn type_name(value: &Value) -> &'static str {
@@ -579,17 +602,16 @@ pub fn parse_cases(set: &RuleSet) -> Result<Vec<(&RuleSpec, Vec<TestCase>)>, Vec
     let mut all = Vec::new();
     let mut errors = Vec::new();
     for rule in &set.rules {
-        let mut parser = Parser {
-            rule,
-            errors: Vec::new(),
-        };
-        let cases: Vec<TestCase> = rule
-            .tests
-            .iter()
-            .enumerate()
-            .filter_map(|(i, v)| parser.case(i, v))
-            .collect();
-        errors.extend(parser.errors);
+        let mut cases = Vec::new();
+        for (i, case) in rule.tests.iter().enumerate() {
+            let mut parser = Parser {
+                rule,
+                positions: &case.positions,
+                errors: Vec::new(),
+            };
+            cases.extend(parser.case(i, &case.value));
+            errors.extend(parser.errors);
+        }
         all.push((rule, cases));
     }
     if errors.is_empty() { Ok(all) } else { Err(errors) }

@@ -89,7 +89,7 @@ fn check_reports_malformed_test_cases_too() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.lines().any(|l| l
-            == "tests/fixtures/tests/invalid-cases.yaml: rule \"orders-to-stream\": tests[0].expect.sinks[0].feilds: unknown key `feilds`; did you mean `fields`?"),
+            == "tests/fixtures/tests/invalid-cases.yaml:15:15: rule \"orders-to-stream\": tests[0].expect.sinks[0].feilds: unknown key `feilds`; did you mean `fields`?"),
         "{stderr}"
     );
     assert!(stderr.ends_with("6 errors found.\n"), "{stderr}");
@@ -221,4 +221,63 @@ async fn the_counted_clients_are_the_clients_redis_sees() {
         "check said {predicted}:\n{stdout}\nRedis lists:\n{list}"
     );
     drop(router);
+}
+
+/// serde stops at a rule's first unknown key or mistyped value; `check` goes on past it, so a
+/// user fixes the whole rule in one round, each mistake once, at the position they wrote it.
+#[test]
+fn check_reports_every_mistake_of_a_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    std::fs::write(
+        &file,
+        r#"rules:
+  - name: a
+    source: { chanel: x, buffr: 3 }
+    filtr: "@.a == "
+    sinks:
+      - stream: y
+        max_len: 3
+      - webhook: "ftp://x"
+        timeout: 5q
+    on_error: { retry: { attempts: -1 } }
+    tests:
+      - input: '{}'
+        expct: { filtered_out: 1 }
+  - name: b
+    source: { stream: s, batch: 0 }
+    sinks: [ { publish: "" } ]
+"#,
+    )
+    .unwrap();
+    let out = Command::new(router_bin())
+        .arg("check")
+        .arg(&file)
+        .output()
+        .expect("run check");
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let f = file.display().to_string();
+    let expected = [
+        format!("{f}:3:15: rule \"a\": unknown key `chanel`; did you mean `channel`?"),
+        format!("{f}:3:26: rule \"a\": unknown key `buffr`; did you mean `buffer`?"),
+        format!("{f}:4:5: rule \"a\": unknown key `filtr`; did you mean `filter`?"),
+        // The misspelt key's value is checked as the key it meant.
+        format!("{f}:4:12: rule \"a\": "),
+        format!("{f}:7:9: rule \"a\": unknown key `max_len`; did you mean `maxlen`?"),
+        format!("{f}:8:18: rule \"a\": webhook URL scheme `ftp` is not http or https"),
+        format!("{f}:9:18: rule \"a\": `timeout` `5q` is not a duration"),
+        format!("{f}:10:36: rule \"a\": `attempts: -1`: must be a whole number, 0 or more"),
+        format!("{f}:15:33: rule \"b\": `batch` must be between 1 and 10000"),
+        format!("{f}:16:25: rule \"b\": sink `publish` is empty"),
+    ];
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), expected.len() + 1, "{stderr}");
+    for (line, want) in lines.iter().zip(&expected) {
+        assert!(
+            line.starts_with(want.as_str()),
+            "expected `{want}…`, got `{line}`\n{stderr}"
+        );
+    }
+    assert_eq!(lines[expected.len()], format!("{} errors found.", expected.len()));
 }

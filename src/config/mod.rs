@@ -6,7 +6,9 @@
 //! broken key in several rules at once (serde stops at the first).
 
 mod env;
+mod node;
 mod raw;
+mod repair;
 mod spec;
 mod validate;
 
@@ -19,6 +21,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 pub use env::expand as expand_env;
+pub use node::{At, position_of};
 pub use spec::*;
 
 use raw::{RawFile, RawFileOutline, RawRule};
@@ -290,7 +293,11 @@ fn recover(text: &str, first: serde_saphyr::Error, env: &dyn Fn(&str) -> Option<
             return if d == first_diag { vec![d] } else { vec![d, first_diag] };
         }
     };
-    let mut lines: Vec<&str> = text.lines().collect();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut reparse_budget = text.len().saturating_mul(repair::REPARSE_BYTES_PER_FILE_BYTE);
+    // Renames in repaired rules, by line of the file: what validation reports on those lines
+    // is moved back to where the user wrote it.
+    let mut shifts: Vec<repair::Shift> = Vec::new();
     let starts: Vec<u64> = outline.rules.iter().map(|r| r.referenced.line()).collect();
     let mut diagnostics = Vec::new();
     // Every rule's name with its position, in file order, and whether the rule parsed: a rule
@@ -315,21 +322,38 @@ fn recover(text: &str, first: serde_saphyr::Error, env: &dyn Fn(&str) -> Option<
                     .ok()
                     .and_then(|v| v.into_iter().next())
                     .and_then(|n| n.name);
-                let mut d = from_serde(&e, name.as_ref().map(|n| n.value.clone()));
-                if d.line > 0 {
-                    d.line += shift;
+                let (mistakes, repaired) =
+                    repair_rule(&slice, e, name.as_ref().map(|n| n.value.clone()), &mut reparse_budget);
+                diagnostics.extend(mistakes.into_iter().map(|mut d| {
+                    if d.line > 0 {
+                        d.line += shift;
+                    }
+                    d
+                }));
+                match repaired {
+                    // Validated with the rest: its other mistakes are reported too.
+                    Some((fixed, renames)) => {
+                        for (line, text) in lines.iter_mut().skip(shift as usize).zip(fixed) {
+                            *line = text;
+                        }
+                        shifts.extend(renames.into_iter().map(|r| repair::Shift {
+                            line: r.line + shift as usize,
+                            ..r
+                        }));
+                    }
+                    None => {
+                        if let Some(n) = name {
+                            names.push((n.value, n.referenced.line() + shift, n.referenced.column(), false));
+                        }
+                        broken.push((shift as usize, slice.split('\n').count()));
+                    }
                 }
-                diagnostics.push(d);
-                if let Some(n) = name {
-                    names.push((n.value, n.referenced.line() + shift, n.referenced.column(), false));
-                }
-                broken.push((shift as usize, slice.split('\n').count()));
             }
         }
     }
     for &(from, count) in &broken {
         for line in lines.iter_mut().skip(from).take(count) {
-            *line = "";
+            line.clear();
         }
     }
     let good_rules = if broken.len() == starts.len() {
@@ -378,12 +402,120 @@ fn recover(text: &str, first: serde_saphyr::Error, env: &dyn Fn(&str) -> Option<
         rules: good_rules,
     };
     if let Err(more) = validate::validate(partial, env) {
-        diagnostics.extend(more);
+        diagnostics.extend(more.into_iter().map(|mut d| {
+            d.column = repair::original_column(&shifts, d.line as usize, d.column as usize) as u64;
+            d
+        }));
     }
+    diagnostics.sort_by_key(|d| (d.line, d.column));
     if diagnostics.is_empty() {
         diagnostics.push(first_diag);
     }
     diagnostics
+}
+
+/// A rule's lines after repairs, and the renames among them.
+type Repaired = (Vec<String>, Vec<repair::Shift>);
+
+/// The mistakes of a rule that does not parse, past serde's first: the rule is repaired one
+/// mistake at a time (see [`repair`]) and parsed again. Returns them (lines relative to the
+/// rule's lines) and, when the repairs made it parse, the repaired lines and their renames.
+fn repair_rule(
+    slice: &str,
+    first: serde_saphyr::Error,
+    rule: Option<String>,
+    budget: &mut usize,
+) -> (Vec<Diagnostic>, Option<Repaired>) {
+    let mut lines: Vec<String> = slice.split('\n').map(str::to_string).collect();
+    let mut renames: Vec<repair::Shift> = Vec::new();
+    let mut mistakes = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut error = first;
+    for step in 0..repair::MAX_STEPS_PER_RULE {
+        let mut d = from_serde(&error, rule.clone());
+        let (line, column) = (d.line as usize, d.column as usize);
+        // A missing key after a repair is the repair's doing; the same place twice, a repair
+        // that did not take.
+        if (step > 0 && d.message.starts_with("missing field")) || !seen.insert((line, column)) {
+            break;
+        }
+        if line > 0 {
+            d.column = repair::original_column(&renames, line, column) as u64;
+        }
+        if let Some(text) = lines.get(line.wrapping_sub(1)) {
+            d.message = name_the_entry(&d.message, text, column);
+        }
+        let rename = did_you_mean(&d.message);
+        let missing = d.message.starts_with("missing field");
+        mistakes.push(d);
+        if line == 0 || missing || *budget < slice.len() {
+            break;
+        }
+        *budget -= slice.len();
+        let edited = match rename {
+            // Renamed, so its value is checked too, unless that key is written as well.
+            Some((from, to)) if !lines.iter().any(|l| l.contains(&format!("{to}:"))) => {
+                repair::rename(&mut lines, line - 1, column, &from, &to).map(|s| renames.push(s))
+            }
+            _ => repair::blank_entry(&mut lines, line - 1, column),
+        };
+        if edited.is_none() {
+            break;
+        }
+        match parse::<Vec<RawRule>>(&lines.join("\n")) {
+            Ok(rules) if rules.len() == 1 => return (mistakes, Some((lines, renames))),
+            Ok(_) => break,
+            Err(e) => error = e,
+        }
+    }
+    (mistakes, None)
+}
+
+/// serde's words for a value of the wrong type (`invalid u32`) name neither the key nor the
+/// value; the line does. `attempts: -1` → "`attempts: -1`: must be a whole number, 0 or more".
+fn name_the_entry(message: &str, line: &str, column: usize) -> String {
+    let whole = [
+        "invalid u8",
+        "invalid u16",
+        "invalid u32",
+        "invalid u64",
+        "invalid usize",
+    ];
+    let wanted = if whole.contains(&message) || message.ends_with("expected usize") || message.contains("expected u") {
+        "must be a whole number, 0 or more"
+    } else if message.contains("expected a boolean") || message.contains("expected bool") {
+        "must be `true` or `false`"
+    } else {
+        return message.to_string();
+    };
+    let chars: Vec<char> = line.chars().collect();
+    let at = column.saturating_sub(1).min(chars.len());
+    let before: String = chars[..at].iter().collect();
+    let key: String = {
+        let head = before.trim_end().strip_suffix(':').unwrap_or("");
+        let tail: Vec<char> = head
+            .chars()
+            .rev()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        tail.into_iter().rev().collect()
+    };
+    let value: String = chars[at..]
+        .iter()
+        .take_while(|c| !matches!(c, ',' | '}' | ']' | '#'))
+        .collect();
+    match key.is_empty() {
+        true => format!("{wanted}, not `{}`", value.trim()),
+        false => format!("`{key}: {}`: {wanted}", value.trim()),
+    }
+}
+
+/// `unknown key `filtr`; did you mean `filter`?` → (`filtr`, `filter`).
+fn did_you_mean(message: &str) -> Option<(String, String)> {
+    let rest = message.strip_prefix("unknown key `")?;
+    let (from, rest) = rest.split_once('`')?;
+    let to = rest.strip_prefix("; did you mean `")?.strip_suffix("`?")?;
+    Some((from.to_string(), to.to_string()))
 }
 
 /// Just the name of a rule, for labelling a rule that does not parse.
@@ -395,7 +527,7 @@ struct NameOnly {
 /// The lines of the rule whose first key is on line `start` (1-based): from its `-` to the
 /// first later line indented no deeper than that `-`. Returns the first line number and the
 /// text, or `None` when the rule is not a block item on its own lines (flow style).
-fn rule_lines(lines: &[&str], start: u64, next_start: Option<u64>) -> Option<(u64, String)> {
+fn rule_lines(lines: &[String], start: u64, next_start: Option<u64>) -> Option<(u64, String)> {
     let mut first = start as usize;
     // A `-` alone on its line puts the first key on the next one.
     while first > 0 && !lines.get(first - 1)?.trim_start().starts_with('-') {
@@ -407,7 +539,7 @@ fn rule_lines(lines: &[&str], start: u64, next_start: Option<u64>) -> Option<(u6
     if first == 0 {
         return None;
     }
-    let dash_line = lines[first - 1];
+    let dash_line = &lines[first - 1];
     let indent = dash_line.len() - dash_line.trim_start().len();
     let mut end = first; // exclusive, 1-based line after the last line of the rule
     for (idx, line) in lines.iter().enumerate().skip(first) {
@@ -713,8 +845,9 @@ mod tests {
 
     #[test]
     fn rule_line_slices() {
-        let lines: Vec<&str> = "rules:\n  - name: a\n    x: 1\n\n  - name: b\n    y: 2\nhttp: {}\n"
+        let lines: Vec<String> = "rules:\n  - name: a\n    x: 1\n\n  - name: b\n    y: 2\nhttp: {}\n"
             .lines()
+            .map(str::to_string)
             .collect();
         assert_eq!(
             rule_lines(&lines, 2, Some(5)),

@@ -86,7 +86,7 @@ pub(crate) struct RawRule {
     pub sinks: Vec<Spanned<RawSink>>,
     pub on_error: Option<Spanned<RawOnError>>,
     #[serde(default)]
-    pub tests: Vec<Spanned<serde_json::Value>>,
+    pub tests: Vec<Spanned<super::node::Node>>,
 }
 
 /// A source: exactly one of the kind keys, plus the options of that kind.

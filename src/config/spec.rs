@@ -147,9 +147,18 @@ pub struct RuleSpec {
     /// Retry and dead-letter policy of the rule's sinks (each sink may override it).
     pub on_error: ErrorPolicy,
     /// Offline test cases, as written (run by `redis-router test`).
-    pub tests: Vec<serde_json::Value>,
+    pub tests: Vec<CaseSource>,
     /// Bytes the rule may hold.
     pub limits: Limits,
+}
+
+/// One `tests:` case as written: its value, and where each of its keys and items is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaseSource {
+    /// The case as JSON.
+    pub value: serde_json::Value,
+    /// `tests[0].expect.sinks[1]` → (line, column); see [`position_of`](super::position_of).
+    pub positions: Vec<(String, super::At)>,
 }
 
 impl RuleSpec {

@@ -416,7 +416,20 @@ fn rule_spec(cx: &mut Ctx<'_>, rule: &RawRule, at: Location, conns: &Connections
         .iter()
         .map(|s| sink_spec(cx, s, conns, on_error.as_ref()))
         .collect();
-    let tests = rule.tests.iter().map(|t| t.value.clone()).collect();
+    let tests = rule
+        .tests
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut positions = Vec::new();
+            let at = (t.referenced.line(), t.referenced.column());
+            t.value.positions(&format!("tests[{i}]"), at, &mut positions);
+            CaseSource {
+                value: t.value.to_json(),
+                positions,
+            }
+        })
+        .collect();
     let sinks: Option<Vec<SinkSpec>> = sinks.into_iter().collect();
     if let Some(sinks) = &sinks {
         distinct_labels(cx, rule, sinks);
@@ -1031,8 +1044,7 @@ fn sink_spec(
     };
     let name = match &s.name {
         None => Some(None),
-        Some(n) => {
-            let v = cx.text(n)?;
+        Some(n) => cx.text(n).and_then(|v| {
             if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
                 cx.err(
                     n.referenced,
@@ -1042,7 +1054,7 @@ fn sink_spec(
             } else {
                 Some(Some(v))
             }
-        }
+        }),
     };
     Some(SinkSpec {
         name: name?,
@@ -1060,6 +1072,8 @@ fn webhook_spec(
     url: Template,
     body: Option<Template>,
 ) -> Option<WebhookSpec> {
+    // Every key is checked, whatever is wrong before it: `ok` says whether all were right.
+    let mut ok = true;
     if let Some(literal) = url.as_literal() {
         match reqwest::Url::parse(literal) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
@@ -1068,7 +1082,7 @@ fn webhook_spec(
                     key.referenced,
                     format!("webhook URL scheme `{}` is not http or https", u.scheme()),
                 );
-                return None;
+                ok = false;
             }
             Err(e) => {
                 cx.err(
@@ -1078,7 +1092,7 @@ fn webhook_spec(
                         crate::mask::url(literal)
                     ),
                 );
-                return None;
+                ok = false;
             }
         }
     }
@@ -1091,13 +1105,12 @@ fn webhook_spec(
                     m.referenced,
                     format!("method `{}` is not one of POST, PUT, PATCH, DELETE, GET", m.value),
                 );
-                return None;
+                ok = false;
             }
             upper
         }
     };
     let mut headers = Vec::new();
-    let mut ok = true;
     if let Some(h) = &s.headers {
         for (name, value) in &h.value {
             let Some(v) = cx.text(value) else {
@@ -1131,7 +1144,7 @@ fn webhook_spec(
         None => Some(DEFAULT_MAX_IN_FLIGHT),
     };
     let secret = match &s.secret {
-        Some(sec) => Some(Some(cx.name(sec, "`secret`")?)),
+        Some(sec) => cx.name(sec, "`secret`").map(Some),
         None => Some(None),
     };
     if !ok {
