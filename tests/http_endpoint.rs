@@ -97,6 +97,23 @@ async fn metrics_count_exactly_what_happened() {
     );
     let (status, health) = get(port, "/healthz").await.unwrap();
     assert_eq!((status, health.as_str()), (200, "ok\n"));
+    // Every metric the router exports is in the README's table, so an operator can look up
+    // what each one means.
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let table = &readme[readme.find("| metric | type | meaning |").unwrap()..];
+    let table = &table[..table.find("\n\n").unwrap_or(table.len())];
+    let exported: Vec<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE redis_router_"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(exported.len() >= 20, "{metrics}");
+    for name in exported {
+        assert!(
+            table.contains(&format!("`{name}`")) || table.contains(&format!("`{name}{{")),
+            "metric `redis_router_{name}` is not in the README's metrics table"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
