@@ -2,7 +2,6 @@
 //! queues (Laravel's among them) and webhooks, by the rules of one YAML file.
 //!
 //! Crate map, one owner per concern:
-//! - [`acl`]: the Redis ACL rule a rule file needs (`check --acl`).
 //! - [`config`]: the rule file: parse, validate into a [`config::RuleSet`], report mistakes with
 //!   line and column.
 //! - [`mask`]: what of a URL or a text may be shown: secrets masked, control characters
@@ -12,26 +11,25 @@
 //! - [`source`]: Pub/Sub, stream and list sources.
 //! - [`sink`]: publish, stream, queue and webhook sinks; one pipeline per batch for Redis.
 //! - [`laravel`]: Laravel's Redis queue wire format (job envelope, PHP serialize).
-//! - [`dlq`]: listing and replaying dead letters.
-//! - [`engine`]: the per-rule loop, dead letters, the supervisor, rule-set diffs, the file
-//!   watcher and the reload step.
+//! - [`deadletter`]: the dead-letter record (fields, signature, checks) and its writer; the
+//!   engine writes it, `dlq` reads it back.
+//! - [`engine`]: the per-rule loop, the supervisor, rule-set diffs, the file watcher and the
+//!   reload step.
 //! - [`identity`]: this process's name as a consumer (host, or host and instance id).
 //! - [`keys`]: key names (prefixes, hash tags, companions) and the router's own key space
 //!   (pure; imports nothing of ours).
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/status` and the status page.
 //! - [`redis_conn`]: how connections are opened (timeouts, TCP_NODELAY, prefixes).
 //! - [`stats`]: per-rule counters.
-//! - [`testing`]: `redis-router test`: each rule's `tests:` cases, run offline through the
-//!   engine's filter, transform and sink rendering.
-//! - [`demo`]: `redis-router demo`: the example rules against a throwaway redis-server.
+//! - [`commands`]: `test`, `dlq`, `demo` and `check`'s ACL and client counts: they use the
+//!   parts above; nothing above uses them.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod acl;
+pub mod commands;
 pub mod config;
-pub mod demo;
-pub mod dlq;
+pub mod deadletter;
 pub mod engine;
 pub mod filter;
 pub mod http;
@@ -44,4 +42,3 @@ pub mod redis_conn;
 pub mod sink;
 pub mod source;
 pub mod stats;
-pub mod testing;

@@ -271,7 +271,7 @@ async fn dlq(path: &Path, action: DlqAction) -> anyhow::Result<ExitCode> {
     };
     match action {
         DlqAction::List { rule, .. } => {
-            let n = redis_router::dlq::list(&set, rule.as_deref(), |entry, problem| {
+            let n = redis_router::commands::dlq::list(&set, rule.as_deref(), |entry, problem| {
                 println!("{}", entry.summary(problem));
             })
             .await?;
@@ -284,12 +284,12 @@ async fn dlq(path: &Path, action: DlqAction) -> anyhow::Result<ExitCode> {
             ..
         } => {
             let mut last = std::time::Instant::now();
-            let options = redis_router::dlq::ReplayOptions {
+            let options = redis_router::commands::dlq::ReplayOptions {
                 rule: rule.as_deref(),
                 ids: &ids,
                 accept_unsigned,
             };
-            let report = redis_router::dlq::replay(
+            let report = redis_router::commands::dlq::replay(
                 &set,
                 &options,
                 |kept| println!("{kept}"),
@@ -320,7 +320,7 @@ fn check(file: &Path, acl_user: Option<&str>) -> ExitCode {
                 eprintln!("{}", w.render_warning(&file.display().to_string()));
             }
             // The rules' `tests:` are part of the file: a malformed case is a mistake too.
-            let case_errors = redis_router::testing::check(&set);
+            let case_errors = redis_router::commands::test::check(&set);
             if !case_errors.is_empty() {
                 for e in &case_errors {
                     eprintln!("{}", redis_router::mask::text(&e.render(&file.display().to_string())));
@@ -343,12 +343,12 @@ fn check(file: &Path, acl_user: Option<&str>) -> ExitCode {
                     for rule in &set.rules {
                         println!("{}: {}", rule.name, rule.summary());
                     }
-                    for server in redis_router::acl::connection_counts(&set) {
+                    for server in redis_router::commands::acl::connection_counts(&set) {
                         println!("# {}", server.line());
                     }
                 }
                 Some(user) => {
-                    for s in redis_router::acl::grants(&set) {
+                    for s in redis_router::commands::acl::grants(&set) {
                         println!("# {} (connections: {})", s.server, s.connections.join(", "));
                         println!("{}", s.grants.setuser(user, "CHANGE-ME"));
                     }
@@ -379,7 +379,7 @@ fn test(file: &Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let reports = match redis_router::testing::run(&set) {
+    let reports = match redis_router::commands::test::run(&set) {
         Ok(reports) => reports,
         Err(errors) => {
             for e in &errors {
@@ -426,7 +426,7 @@ fn demo() -> ExitCode {
         .with_writer(std::io::stderr)
         .finish();
     let result = tracing::subscriber::with_default(quiet, || {
-        runtime.block_on(redis_router::demo::run(&mut std::io::stdout()))
+        runtime.block_on(redis_router::commands::demo::run(&mut std::io::stdout()))
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

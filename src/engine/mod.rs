@@ -1,7 +1,6 @@
-//! The engine: rule tasks under a supervisor, the rule loop, dead letters, rule-set diffs, and
+//! The engine: rule tasks under a supervisor, the rule loop, rule-set diffs, and
 //! hot reload (the file watcher and the reload step).
 
-pub mod deadletter;
 pub mod diff;
 pub mod reload;
 pub mod route;

@@ -12,9 +12,9 @@ use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::deadletter::{DeadLetter, DeadLetters};
 use super::route::{Admission, admit, sink_failure_reason, sink_takes};
 use crate::config::{ErrorPolicy, RuleSpec, SourceSpecKind, StreamStart};
+use crate::deadletter::{DeadLetter, DeadLetters};
 use crate::keys::ReservedNames;
 use crate::message::Message;
 use crate::sink::{Sink, SinkError};

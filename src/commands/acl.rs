@@ -215,7 +215,7 @@ pub fn grants(set: &RuleSet) -> Vec<ServerGrants> {
         }
         // The key dead letters are signed with: created once (SET NX), read at each start.
         let g = entry(&mut out, sc);
-        g.keys.insert(literal(sc, crate::engine::deadletter::SIGNING_KEY));
+        g.keys.insert(literal(sc, crate::deadletter::SIGNING_KEY));
         g.command(&["set", "get"]);
         for sink in &rule.sinks {
             let c = &sink.connection;

@@ -27,7 +27,7 @@ use crate::engine::Supervisor;
 use crate::stats::{RuleState, StatsRegistry};
 
 /// The rule file the demo runs, built in so that the demo works from any directory.
-pub const EXAMPLE_RULES: &str = include_str!("../routes.example.yaml");
+pub const EXAMPLE_RULES: &str = include_str!("../../routes.example.yaml");
 
 /// The name the built-in rule file goes by in messages.
 pub const EXAMPLE_FILE: &str = "routes.example.yaml";

@@ -18,10 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use redis::Value;
-use sha2::{Digest, Sha256};
 
 use crate::config::{ConnectionSpec, RuleSet, RuleSpec};
-use crate::engine::deadletter;
+use crate::deadletter::{self, DeadLetterEntry, Refusal, parse_entries};
 use crate::keys::ReservedNames;
 use crate::message::{Body, Message, Meta, SourceKind};
 use crate::redis_conn::{self, Conn};
@@ -54,122 +53,6 @@ pub enum DlqError {
     /// `--rule` names no rule of the file.
     #[error("no rule named `{0}` in the rule file")]
     UnknownRule(String),
-}
-
-/// One dead letter as stored.
-#[derive(Debug, Clone)]
-pub struct DeadLetterEntry {
-    /// The dead-letter stream (without prefix).
-    pub stream: String,
-    /// The entry's id in that stream.
-    pub id: String,
-    /// The stored fields.
-    pub fields: BTreeMap<String, Vec<u8>>,
-}
-
-impl DeadLetterEntry {
-    /// A field as text ("" when absent).
-    pub fn field(&self, name: &str) -> String {
-        self.fields
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_default()
-    }
-
-    /// One line for `dlq list`: every field escaped (a payload's control characters cannot
-    /// reach the terminal) and masked; `problem` when replay would keep it.
-    pub fn summary(&self, problem: Option<&Refusal>) -> String {
-        use crate::mask::{escape, text};
-        // The first 80 characters, read from the first bytes only: a payload may be megabytes.
-        const SHOWN_CHARS: usize = 80;
-        let payload = self.fields.get("payload").map_or(&[][..], Vec::as_slice);
-        let head = String::from_utf8_lossy(&payload[..payload.len().min(SHOWN_CHARS * 4)]);
-        let short: String = head.chars().take(SHOWN_CHARS).collect();
-        let ellipsis = if short.len() < payload.len() { "…" } else { "" };
-        let short = escape(&short);
-        let sink = self.field("sink");
-        let error = self.field("error");
-        let mut line = format!(
-            "{} {} rule={}",
-            escape(&self.stream),
-            escape(&self.id),
-            escape(&self.field("rule"))
-        );
-        if !sink.is_empty() {
-            line.push_str(&format!(" sink=\"{}\"", text(&sink)));
-        }
-        line.push_str(&format!(" reason=\"{}\"", text(&self.field("reason"))));
-        if !error.is_empty() {
-            line.push_str(&format!(" error=\"{}\"", text(&error)));
-        }
-        line.push_str(&format!(" source_id={}", escape(&self.field("source_id"))));
-        if let Some(p) = problem {
-            line.push_str(&format!(" not_replayable=\"{p}\""));
-        }
-        line.push_str(&format!(" payload={short}{ellipsis}"));
-        line
-    }
-}
-
-/// Why replay keeps a dead letter without sending it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    /// A field replay needs is missing.
-    Missing(&'static str),
-    /// The payload was cut when the dead letter was written, or is shorter than written.
-    Cut {
-        /// Bytes stored.
-        stored: usize,
-        /// Bytes the message had.
-        original: usize,
-    },
-    /// The payload is not what was written: longer than written, a SHA-256 that differs,
-    /// or a length that is not a number.
-    Corrupted(String),
-    /// No signature (written by a router before dead letters were signed, or by someone
-    /// else); replayed only with `--accept-unsigned`.
-    Unsigned,
-    /// Signed, but not by this router's key for this stream, or edited since.
-    BadSignature,
-    /// The connection holds no signing key, so no signature can be checked.
-    NoKey,
-    /// The entry names a rule (or sink) that writes its dead letters elsewhere.
-    WrongStream {
-        /// Where the rule's dead letters go.
-        expected: String,
-    },
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Refusal::Missing(field) => write!(f, "corrupted: no `{field}` field"),
-            Refusal::Cut { stored, original } => {
-                write!(
-                    f,
-                    "payload cut: {stored} of {original} bytes kept; the whole message is not here"
-                )
-            }
-            Refusal::Corrupted(why) => write!(f, "corrupted: {why}"),
-            Refusal::Unsigned => write!(
-                f,
-                "unsigned: written by an older router or by something else; `--accept-unsigned` replays it"
-            ),
-            Refusal::BadSignature => write!(
-                f,
-                "forged or edited: its signature does not match this router's key for this stream"
-            ),
-            Refusal::NoKey => write!(
-                f,
-                "cannot verify: the signing key {} is missing on this Redis",
-                deadletter::SIGNING_KEY
-            ),
-            Refusal::WrongStream { expected } => write!(
-                f,
-                "forged: its rule writes its dead letters to `{expected}`, not to this stream"
-            ),
-        }
-    }
 }
 
 /// A dead-letter stream and the connection it lives on.
@@ -274,41 +157,6 @@ impl<'a> Opened<'a> {
     }
 }
 
-fn parse_entries(stream: &str, reply: Value) -> Vec<DeadLetterEntry> {
-    let Value::Array(items) = reply else {
-        return Vec::new();
-    };
-    let mut out = Vec::with_capacity(items.len());
-    for item in items {
-        let Value::Array(mut pair) = item else { continue };
-        if pair.len() != 2 {
-            continue;
-        }
-        let fields = pair.pop();
-        let id = pair
-            .pop()
-            .and_then(crate::source::bulk)
-            .and_then(|b| String::from_utf8(b).ok())
-            .unwrap_or_default();
-        let mut map = BTreeMap::new();
-        if let Some(Value::Array(flat)) = fields {
-            let mut it = flat.into_iter();
-            while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                let k = crate::source::bulk(k).map(|b| String::from_utf8_lossy(&b).into_owned());
-                if let (Some(k), Some(v)) = (k, crate::source::bulk(v)) {
-                    map.insert(k, v);
-                }
-            }
-        }
-        out.push(DeadLetterEntry {
-            stream: stream.to_string(),
-            id,
-            fields: map,
-        });
-    }
-    out
-}
-
 /// Which entries a command looks at: every one of the stream, page by page, or the ids given.
 enum Selection<'a> {
     All { next: String, count: usize, done: bool },
@@ -376,57 +224,7 @@ fn verify(
     sink: Option<usize>,
     accept_unsigned: bool,
 ) -> Result<(), Refusal> {
-    for field in ["rule", "source", "payload"] {
-        if !e.fields.contains_key(field) {
-            return Err(Refusal::Missing(field));
-        }
-    }
-    let stored = e.fields.get("payload").map_or(0, Vec::len);
-    let number = |name: &str| -> Result<Option<usize>, Refusal> {
-        match e.fields.get(name) {
-            None => Ok(None),
-            Some(v) => std::str::from_utf8(v)
-                .ok()
-                .and_then(|t| t.parse().ok())
-                .map(Some)
-                .ok_or_else(|| Refusal::Corrupted(format!("`{name}` is not a number"))),
-        }
-    };
-    if let Some(original) = number("payload_truncated_from")? {
-        return Err(Refusal::Cut { stored, original });
-    }
-    let signed = e.fields.contains_key("signature");
-    match (number("payload_len")?, e.fields.get("payload_sha256")) {
-        (Some(len), Some(sha)) => {
-            if stored < len {
-                return Err(Refusal::Cut { stored, original: len });
-            }
-            if stored > len {
-                return Err(Refusal::Corrupted(format!(
-                    "the payload is {stored} bytes, written as {len}"
-                )));
-            }
-            let payload = e.fields.get("payload").map_or(&[][..], Vec::as_slice);
-            if hex::encode(Sha256::digest(payload)).as_bytes() != sha.as_slice() {
-                return Err(Refusal::Corrupted(
-                    "the payload's SHA-256 is not the one written with it".into(),
-                ));
-            }
-        }
-        (None, None) if !signed => {}
-        (None, _) => return Err(Refusal::Missing("payload_len")),
-        (_, None) => return Err(Refusal::Missing("payload_sha256")),
-    }
-    match (e.fields.get("signature"), key) {
-        (None, _) if accept_unsigned => {}
-        (None, _) => return Err(Refusal::Unsigned),
-        (Some(_), None) => return Err(Refusal::NoKey),
-        (Some(sig), Some(key)) => {
-            if !deadletter::signature_matches(key, &stream.key, &e.fields, sig) {
-                return Err(Refusal::BadSignature);
-            }
-        }
-    }
+    e.check(key, &stream.key, accept_unsigned)?;
     let expected = match sink {
         Some(i) => &rule.sinks[i].on_error.dead_letter,
         None => &rule.on_error.dead_letter,
