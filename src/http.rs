@@ -29,6 +29,8 @@ pub struct HttpState {
     pub reloads: Arc<ReloadStats>,
     /// Cancelled when the router starts shutting down: `/readyz` answers 503 from then on.
     pub draining: CancellationToken,
+    /// This process's name as a consumer (see [`crate::identity`]).
+    pub instance: String,
 }
 
 /// Serve until `stop` is cancelled.
@@ -143,7 +145,7 @@ async fn status(State(state): State<Arc<HttpState>>) -> Response {
         })
         .collect();
     let body = json!({
-        "instance": crate::identity::name(),
+        "instance": state.instance,
         "generation": ReloadStats::get(&reloads.generation),
         "hash": reloads.hash(),
         "draining": state.draining.is_cancelled(),

@@ -7,15 +7,6 @@
 //! processes that share a rule file (two processes with one name would replay each other's
 //! in-flight entries): on one host, give each process its own `--instance`.
 
-use std::sync::OnceLock;
-
-static INSTANCE: OnceLock<String> = OnceLock::new();
-
-/// Set the instance id, once, at startup. Returns false if it was already set.
-pub fn set_instance(id: &str) -> bool {
-    INSTANCE.set(id.to_string()).is_ok()
-}
-
 /// The host name (`redis-router` when it cannot be read).
 pub fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -26,9 +17,10 @@ pub fn host() -> String {
         .unwrap_or_else(|| "redis-router".to_string())
 }
 
-/// This process's name: `HOST` or `HOST-INSTANCE`.
-pub fn name() -> String {
-    match INSTANCE.get() {
+/// The name of a process with `instance` as its id: `HOST` or `HOST-INSTANCE`. Computed once
+/// at startup and passed down (the supervisor hands it to every rule).
+pub fn name(instance: Option<&str>) -> String {
+    match instance {
         Some(id) if !id.is_empty() => format!("{}-{id}", host()),
         _ => host(),
     }

@@ -202,9 +202,6 @@ fn main() -> ExitCode {
             threads,
             ..
         } => {
-            if let Some(id) = &instance {
-                redis_router::identity::set_instance(id);
-            }
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             if let Some(n) = threads {
                 builder.worker_threads(usize::from(n));
@@ -221,6 +218,7 @@ fn main() -> ExitCode {
                 listen,
                 dry_run,
                 reload_debounce,
+                me: redis_router::identity::name(instance.as_deref()),
             };
             let result = runtime.block_on(run(&file, options));
             // `run` has awaited every task it started. What may remain is a read of the rule
@@ -369,6 +367,8 @@ struct RunOptions {
     listen: Option<std::net::SocketAddr>,
     dry_run: bool,
     reload_debounce: Option<Duration>,
+    /// This process's name as a consumer.
+    me: String,
 }
 
 fn test(file: &Path) -> ExitCode {
@@ -446,6 +446,7 @@ async fn run(path: &Path, options: RunOptions) -> anyhow::Result<ExitCode> {
         listen,
         dry_run,
         reload_debounce,
+        me,
     } = options;
     let debounce = reload_debounce.unwrap_or(watcher::DEFAULT_DEBOUNCE);
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -464,7 +465,9 @@ async fn run(path: &Path, options: RunOptions) -> anyhow::Result<ExitCode> {
     };
     let root = CancellationToken::new();
     let stats = StatsRegistry::default();
-    let supervisor = Supervisor::new(root.clone(), stats.clone(), drain_timeout).with_dry_run(dry_run);
+    let supervisor = Supervisor::new(root.clone(), stats.clone(), drain_timeout)
+        .with_dry_run(dry_run)
+        .with_name(&me);
     // The handlers above replace the default action of SIGTERM and SIGINT, so they must be
     // answered while the first load runs too.
     let started = tokio::select! {
@@ -483,7 +486,7 @@ async fn run(path: &Path, options: RunOptions) -> anyhow::Result<ExitCode> {
         rules = reloader.supervisor().rule_names().len(),
         file = %path.display(),
         debounce_ms = debounce.as_millis() as u64,
-        instance = %redis_router::identity::name(),
+        instance = %me,
         "Router started."
     );
 
@@ -501,6 +504,7 @@ async fn run(path: &Path, options: RunOptions) -> anyhow::Result<ExitCode> {
                 stats,
                 reloads: reloader.stats(),
                 draining: draining.clone(),
+                instance: me.clone(),
             });
             let stop_http = CancellationToken::new();
             let task = tokio::spawn(redis_router::http::serve(listener, state, stop_http.clone()));

@@ -231,50 +231,61 @@ pub async fn manager(spec: &ConnectionSpec, extra: Duration) -> RedisResult<Conn
     ))
 }
 
-/// The process's one connection to `spec` for commands that never block: sink pipelines,
-/// XACK, dead letters, claims and leases. A hundred rules on one Redis then share one socket
+/// The connections for commands that never block (sink pipelines, XACK, dead letters, claims
+/// and leases), one per [`ConnectionSpec`]: a hundred rules on one Redis share one socket
 /// (redis-rs multiplexes their requests on it) instead of opening three or four each, which
-/// Redis pays for in clients and the router in memory (one connection task and its buffers
-/// each). Blocking reads (XREADGROUP BLOCK, BLMOVE) keep a connection of their own
-/// ([`manager`]): on a shared one they would hold up everyone's replies. A connection whose spec
-/// no rule uses any more after a reload stays open, idle, until the process exits.
+/// Redis pays for in clients and the router in memory. Blocking reads (XREADGROUP BLOCK, BLMOVE)
+/// keep a connection of their own ([`manager`]): on a shared one they would hold up everyone's
+/// replies.
 ///
-/// # Errors
-/// When Redis cannot be reached now (the next caller tries again).
-pub async fn shared(spec: &ConnectionSpec) -> RedisResult<Conn> {
-    type Slot = std::sync::Arc<tokio::sync::OnceCell<Conn>>;
-    /// A pooled connection, with a token that lives as long as the runtime that opened it (a
-    /// connection's task dies with its runtime; the test harness runs one runtime per test).
-    struct Pooled {
-        spec: ConnectionSpec,
-        runtime: std::sync::Weak<()>,
-        slot: Slot,
-    }
-    static POOL: std::sync::Mutex<Vec<Pooled>> = std::sync::Mutex::new(Vec::new());
-    let slot = {
-        let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
-        pool.retain(|p| p.runtime.strong_count() > 0);
-        match pool.iter().find(|p| p.spec == *spec) {
-            Some(p) => p.slot.clone(),
-            None => {
-                let alive = std::sync::Arc::new(());
-                let runtime = std::sync::Arc::downgrade(&alive);
-                // Dropped, and `runtime` with it, when the runtime shuts down.
-                tokio::spawn(async move {
-                    let _alive = alive;
-                    std::future::pending::<()>().await;
-                });
-                let slot = Slot::default();
-                pool.push(Pooled {
-                    spec: spec.clone(),
-                    runtime,
-                    slot: slot.clone(),
-                });
-                slot
+/// Owned by the supervisor (or by a command that opens sinks, such as `dlq replay`); clones
+/// share one registry. After a reload the supervisor drops the connections no rule uses any
+/// more ([`Connections::retain`]): each closes once the last rule holding it has stopped.
+#[derive(Clone, Default)]
+pub struct Connections {
+    slots: std::sync::Arc<std::sync::Mutex<Vec<(ConnectionSpec, ConnSlot)>>>,
+}
+
+type ConnSlot = std::sync::Arc<tokio::sync::OnceCell<Conn>>;
+
+impl Connections {
+    /// The shared connection to `spec`, opened on first use.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached now (the next caller tries again).
+    pub async fn shared(&self, spec: &ConnectionSpec) -> RedisResult<Conn> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            match slots.iter().find(|(s, _)| s == spec) {
+                Some((_, slot)) => slot.clone(),
+                None => {
+                    let slot = ConnSlot::default();
+                    slots.push((spec.clone(), slot.clone()));
+                    slot
+                }
             }
-        }
-    };
-    slot.get_or_try_init(|| manager(spec, Duration::ZERO)).await.cloned()
+        };
+        slot.get_or_try_init(|| manager(spec, Duration::ZERO)).await.cloned()
+    }
+
+    /// Keep the connections whose spec `used` accepts, drop the others. Returns how many were
+    /// dropped.
+    pub fn retain(&self, used: impl Fn(&ConnectionSpec) -> bool) -> usize {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let before = slots.len();
+        slots.retain(|(spec, _)| used(spec));
+        before - slots.len()
+    }
+
+    /// How many connections are kept.
+    pub fn len(&self) -> usize {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A cluster client over every seed node, with the connection's credentials, TLS files and

@@ -357,6 +357,8 @@ pub async fn replay(
     let mut report = ReplayReport::default();
     let mut sinks: HashMap<(String, usize), Sink> = HashMap::new();
     let reserved = Arc::new(ReservedNames::new(set.reserved.clone()));
+    // The sinks replay opens share their connections, as a running router's rules do.
+    let connections = redis_conn::Connections::default();
     let dead = streams(set, options.rule)?;
     let mut opened = Vec::with_capacity(dead.len());
     let mut total = 0;
@@ -422,7 +424,7 @@ pub async fn replay(
                 };
                 let key = (rule_name.clone(), sink_idx);
                 if !sinks.contains_key(&key) {
-                    match Sink::open(&r.sinks[sink_idx], reserved.clone()).await {
+                    match Sink::open(&r.sinks[sink_idx], reserved.clone(), &connections).await {
                         Ok(opened) => {
                             sinks.insert(key.clone(), opened);
                         }

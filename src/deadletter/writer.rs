@@ -1,6 +1,6 @@
 //! Writes dead letters for a rule: to the Redis of the rule's source (its prefix applies, like
 //! every key the rule touches), through that connection's shared socket
-//! ([`redis_conn::shared`]). One XADD per dead letter, pipelined per batch; printed instead in
+//! ([`redis_conn::Connections`]). One XADD per dead letter, pipelined per batch; printed instead in
 //! a dry run.
 
 use std::sync::Arc;
@@ -25,12 +25,15 @@ struct Writer {
 }
 
 impl DeadLetters {
-    /// Connect on `connection` and read (or create) its signing key.
+    /// Connect on `connection` (through `connections`) and read (or create) its signing key.
     ///
     /// # Errors
     /// When Redis cannot be reached now.
-    pub async fn open(connection: Arc<ConnectionSpec>) -> redis::RedisResult<DeadLetters> {
-        let mut conn = redis_conn::shared(&connection).await?;
+    pub async fn open(
+        connection: Arc<ConnectionSpec>,
+        connections: &redis_conn::Connections,
+    ) -> redis::RedisResult<DeadLetters> {
+        let mut conn = connections.shared(&connection).await?;
         let key = signing_key(&mut conn, &connection, true).await?.ok_or_else(|| {
             redis::RedisError::from((redis::ErrorKind::Client, "the dead-letter signing key was not created"))
         })?;

@@ -17,8 +17,9 @@ use crate::config::{ErrorPolicy, RuleSpec, SourceSpecKind, StreamStart};
 use crate::deadletter::{DeadLetter, DeadLetters};
 use crate::keys::ReservedNames;
 use crate::message::Message;
+use crate::redis_conn::Connections;
 use crate::sink::{Sink, SinkError};
-use crate::source::{Budget, PubSubHub, Source};
+use crate::source::{Budget, PubSubHub, Shared, Source};
 use crate::stats::{RuleState, RuleStats, RuleStatus, SinkStats};
 
 /// How a rule task ended.
@@ -128,6 +129,19 @@ fn dry_run_spec(spec: &RuleSpec) -> Option<RuleSpec> {
     Some(spec)
 }
 
+/// What the supervisor owns and shares with every rule it runs.
+#[derive(Clone)]
+pub struct RuleContext {
+    /// The names of the rule set now applied that rendered keys may not take.
+    pub reserved: Arc<ReservedNames>,
+    /// The Pub/Sub subscription connections.
+    pub hub: PubSubHub,
+    /// The connections for commands that never block.
+    pub connections: Connections,
+    /// This process's name as a consumer (see [`crate::identity`]).
+    pub me: Arc<str>,
+}
+
 /// Run one rule until its token is cancelled.
 ///
 /// `status` follows the instance: `Running` once its source is open (a Pub/Sub source is then
@@ -138,8 +152,7 @@ pub async fn run_rule(
     stats: Arc<RuleStats>,
     status: Arc<RuleStatus>,
     dry_run: bool,
-    reserved: Arc<ReservedNames>,
-    hub: PubSubHub,
+    ctx: RuleContext,
 ) -> RuleExit {
     let spec = if dry_run {
         match dry_run_spec(&spec) {
@@ -153,7 +166,7 @@ pub async fn run_rule(
     } else {
         spec
     };
-    let exit = run_rule_inner(spec, token, stats, status.clone(), dry_run, reserved, &hub).await;
+    let exit = run_rule_inner(spec, token, stats, status.clone(), dry_run, &ctx).await;
     status.set(RuleState::Stopped);
     exit
 }
@@ -164,9 +177,13 @@ async fn run_rule_inner(
     stats: Arc<RuleStats>,
     status: Arc<RuleStatus>,
     dry_run: bool,
-    reserved: Arc<ReservedNames>,
-    hub: &PubSubHub,
+    ctx: &RuleContext,
 ) -> RuleExit {
+    let shared = Shared {
+        connections: &ctx.connections,
+        hub: &ctx.hub,
+        me: &ctx.me,
+    };
     let rule: Arc<str> = Arc::from(spec.name.as_str());
     let Some(mut source) = until_ok(&token, &status, "source", || {
         Source::open(
@@ -174,7 +191,7 @@ async fn run_rule_inner(
             &rule,
             stats.clone(),
             status.clone(),
-            hub,
+            shared,
             Budget::of(&spec),
         )
     })
@@ -185,10 +202,14 @@ async fn run_rule_inner(
     let mut sinks = Vec::with_capacity(spec.sinks.len());
     for sink_spec in &spec.sinks {
         if dry_run {
-            sinks.push(Sink::dry_run(&spec.name, sink_spec, reserved.clone()));
+            sinks.push(Sink::dry_run(&spec.name, sink_spec, ctx.reserved.clone()));
             continue;
         }
-        let Some(sink) = until_ok(&token, &status, "sink", || Sink::open(sink_spec, reserved.clone())).await else {
+        let Some(sink) = until_ok(&token, &status, "sink", || {
+            Sink::open(sink_spec, ctx.reserved.clone(), &ctx.connections)
+        })
+        .await
+        else {
             source.close().await;
             return RuleExit::Cancelled;
         };
@@ -198,7 +219,7 @@ async fn run_rule_inner(
         DeadLetters::printing()
     } else {
         let Some(dead) = until_ok(&token, &status, "dead-letter stream", || {
-            DeadLetters::open(spec.source.connection.clone())
+            DeadLetters::open(spec.source.connection.clone(), &ctx.connections)
         })
         .await
         else {

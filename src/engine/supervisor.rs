@@ -11,9 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, error_span, info, warn};
 
 use super::diff::{RuleSetDiff, diff};
-use super::rule::{RuleExit, run_rule};
-use crate::config::{RuleSet, RuleSpec, SourceSpecKind};
+use super::rule::{RuleContext, RuleExit, run_rule};
+use crate::config::{ConnectionSpec, RuleSet, RuleSpec, SourceSpecKind};
 use crate::keys::ReservedNames;
+use crate::redis_conn::Connections;
 use crate::source::PubSubHub;
 use crate::stats::{RuleState, RuleStatus, StatsRegistry};
 
@@ -75,6 +76,11 @@ pub struct Supervisor {
     reserved: Arc<ReservedNames>,
     /// The subscription connections every channel and pattern rule shares (per connection).
     hub: PubSubHub,
+    /// The connections for commands that never block, shared by every rule; those no rule
+    /// uses any more are dropped after each apply.
+    connections: Connections,
+    /// This process's name as a consumer: `HOST` or `HOST-INSTANCE`.
+    me: Arc<str>,
 }
 
 impl Supervisor {
@@ -88,7 +94,20 @@ impl Supervisor {
             dry_run: false,
             reserved: Arc::default(),
             hub: PubSubHub::default(),
+            connections: Connections::default(),
+            me: Arc::from(crate::identity::name(None)),
         }
+    }
+
+    /// Run as the instance `me` (see [`crate::identity::name`]) instead of as the host.
+    pub fn with_name(mut self, me: &str) -> Supervisor {
+        self.me = Arc::from(me);
+        self
+    }
+
+    /// The shared connections now open (see [`Connections`]).
+    pub fn connections(&self) -> &Connections {
+        &self.connections
     }
 
     /// Run every rule in dry-run mode (see [`crate::engine::rule::run_rule`]).
@@ -192,6 +211,22 @@ impl Supervisor {
                 .map(|(old, new_status, received_before)| self.hand_over(old, new_status, received_before)),
         )
         .await;
+
+        // 4. Every instance of the old rules has stopped: a connection no rule uses any more
+        //    goes (it closes when the last clone of it, held by no one now, is dropped).
+        let used = |c: &ConnectionSpec| {
+            set.rules
+                .iter()
+                .any(|r| *r.source.connection == *c || r.sinks.iter().any(|s| *s.connection == *c))
+        };
+        let closed = self.connections.retain(used);
+        if closed > 0 {
+            info!(
+                closed,
+                kept = self.connections.len(),
+                "Closed connections no rule uses any more."
+            );
+        }
         (d, handovers)
     }
 
@@ -260,8 +295,12 @@ impl Supervisor {
             stats,
             status.clone(),
             self.dry_run,
-            self.reserved.clone(),
-            self.hub.clone(),
+            RuleContext {
+                reserved: self.reserved.clone(),
+                hub: self.hub.clone(),
+                connections: self.connections.clone(),
+                me: self.me.clone(),
+            },
         );
         let handle = tokio::spawn(rule.instrument(span));
         self.running.insert(

@@ -106,11 +106,16 @@ impl Sink {
     ///
     /// # Errors
     /// When Redis cannot be reached now (the caller retries).
-    pub async fn open(spec: &SinkSpec, reserved: Arc<ReservedNames>) -> Result<Sink, SinkError> {
+    pub async fn open(
+        spec: &SinkSpec,
+        reserved: Arc<ReservedNames>,
+        connections: &redis_conn::Connections,
+    ) -> Result<Sink, SinkError> {
         if let SinkSpecKind::Webhook(w) = &spec.kind {
             return Ok(Sink::Webhook(WebhookSink::new(w, spec.label())?));
         }
-        let conn = redis_conn::shared(&spec.connection)
+        let conn = connections
+            .shared(&spec.connection)
             .await
             .map_err(|source| SinkError::Redis {
                 sink: spec.label(),

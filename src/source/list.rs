@@ -25,7 +25,6 @@ use crate::config::{ConnectionSpec, QueueFormat, SourceSpec, SourceSpecKind};
 use crate::keys;
 use crate::message::{Body, Message, Meta, SourceKind};
 use crate::redis_conn::{self, Conn};
-use crate::source::stream::default_consumer;
 use crate::stats::RuleStats;
 
 /// Elements taken per batch: one blocking move, then up to this many more without waiting.
@@ -103,6 +102,7 @@ impl ListSource {
         spec: &SourceSpec,
         rule: Arc<str>,
         stats: Arc<RuleStats>,
+        shared: super::Shared<'_>,
         budget: Budget,
     ) -> Result<ListSource, SourceError> {
         let (
@@ -121,7 +121,7 @@ impl ListSource {
                 detail: "not a queue source".into(),
             });
         };
-        let consumer = consumer.clone().unwrap_or_else(default_consumer);
+        let consumer = consumer.clone().unwrap_or_else(|| shared.me.to_string());
         let key = redis_conn::prefixed(&spec.connection, &name);
         let processing = processing_key(&spec.connection, &key, &consumer);
         let mut conn = redis_conn::manager(&spec.connection, *block)
@@ -139,7 +139,9 @@ impl ListSource {
         if left > 0 {
             info!(queue = %name, count = left, "Recovering elements a previous run left in its processing list.");
         }
-        let shared = redis_conn::shared(&spec.connection)
+        let side = shared
+            .connections
+            .shared(&spec.connection)
             .await
             .map_err(|source| SourceError::Redis {
                 op: "connect",
@@ -147,7 +149,7 @@ impl ListSource {
                 source,
             })?;
         let mut heartbeat = Heartbeat {
-            conn: shared,
+            conn: side,
             connection: spec.connection.clone(),
             consumers_key: redis_conn::companion(&spec.connection, &key, keys::CONSUMERS),
             key: key.clone(),

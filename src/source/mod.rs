@@ -19,6 +19,7 @@ pub use stream::StreamSource;
 
 use crate::config::{RuleSpec, SourceSpec, SourceSpecKind};
 use crate::message::Message;
+use crate::redis_conn::Connections;
 use crate::stats::{RuleStats, RuleStatus};
 
 /// Why a source could not read.
@@ -212,6 +213,17 @@ pub enum Source {
     List(Box<ListSource>),
 }
 
+/// What the sources of every rule share, owned by the supervisor.
+#[derive(Clone, Copy)]
+pub struct Shared<'a> {
+    /// Connections for commands that never block (acknowledgements, claims, leases).
+    pub connections: &'a Connections,
+    /// The Pub/Sub subscription connections.
+    pub hub: &'a PubSubHub,
+    /// This process's name as a consumer (see [`crate::identity`]).
+    pub me: &'a str,
+}
+
 impl Source {
     /// Open the source described by `spec` for `rule`.
     ///
@@ -219,25 +231,25 @@ impl Source {
     ///
     /// # Errors
     /// When Redis cannot be reached or refuses the setup (the caller retries with backoff).
-    /// A Pub/Sub source subscribes through `hub` and reports its disconnections on `status`.
+    /// A Pub/Sub source subscribes through `shared.hub` and reports its disconnections on `status`.
     pub async fn open(
         spec: &SourceSpec,
         rule: &Arc<str>,
         stats: Arc<RuleStats>,
         status: Arc<RuleStatus>,
-        hub: &PubSubHub,
+        shared: Shared<'_>,
         budget: Budget,
     ) -> Result<Source, SourceError> {
         Ok(match &spec.kind {
             SourceSpecKind::Channel { .. } | SourceSpecKind::Pattern { .. } => Source::PubSub(Box::new(
-                PubSubSource::open(spec, rule.clone(), stats, status, hub, budget).await?,
+                PubSubSource::open(spec, rule.clone(), stats, status, shared, budget).await?,
             )),
-            SourceSpecKind::Stream { .. } => {
-                Source::Stream(Box::new(StreamSource::open(spec, rule.clone(), stats, budget).await?))
-            }
-            SourceSpecKind::Queue { .. } => {
-                Source::List(Box::new(ListSource::open(spec, rule.clone(), stats, budget).await?))
-            }
+            SourceSpecKind::Stream { .. } => Source::Stream(Box::new(
+                StreamSource::open(spec, rule.clone(), stats, shared, budget).await?,
+            )),
+            SourceSpecKind::Queue { .. } => Source::List(Box::new(
+                ListSource::open(spec, rule.clone(), stats, shared, budget).await?,
+            )),
         })
     }
 

@@ -69,7 +69,7 @@ pub struct StreamSource {
     claim_cursor: String,
     /// When to sample the group's lag and pending count next.
     next_sample: Instant,
-    /// The shared connection ([`redis_conn::shared`]) for XACK and XINFO: Redis runs one
+    /// The shared connection ([`redis_conn::Connections`]) for XACK and XINFO: Redis runs one
     /// client's commands in order, so on the reading connection they would wait behind a
     /// blocked XREADGROUP.
     ack_conn: Conn,
@@ -171,12 +171,6 @@ const MIN_HOLD_PERIOD: Duration = Duration::from_millis(50);
 /// XACKs in flight at once; one more waits for the oldest (each covers a whole batch).
 const MAX_ACKS_IN_FLIGHT: usize = 4;
 
-/// The name this host uses as a consumer when the rule gives none: stable across restarts, so
-/// a restarted router finds its own pending entries.
-pub fn default_consumer() -> String {
-    crate::identity::name()
-}
-
 impl StreamSource {
     /// Connect, create the group if needed, and position the reader.
     ///
@@ -186,6 +180,7 @@ impl StreamSource {
         spec: &SourceSpec,
         rule: Arc<str>,
         stats: Arc<RuleStats>,
+        shared: super::Shared<'_>,
         budget: Budget,
     ) -> Result<StreamSource, SourceError> {
         let SourceSpecKind::Stream {
@@ -215,11 +210,11 @@ impl StreamSource {
         let conn = redis_conn::manager(&spec.connection, *block)
             .await
             .map_err(connect_err)?;
-        let ack_conn = redis_conn::shared(&spec.connection).await.map_err(connect_err)?;
+        let ack_conn = shared.connections.shared(&spec.connection).await.map_err(connect_err)?;
         let mode = match group {
             Some(group) => Mode::Group {
                 group: group.clone(),
-                consumer: consumer.clone().unwrap_or_else(default_consumer),
+                consumer: consumer.clone().unwrap_or_else(|| shared.me.to_string()),
                 phase: Phase::Pending("0".into()),
             },
             None => Mode::Tail {

@@ -194,11 +194,12 @@ impl Claimer {
         max_bytes: usize,
         stats: Arc<RuleStats>,
         rule: Arc<str>,
+        me: &str,
     ) -> Claimer {
         let live = Arc::new(Mutex::new(HashSet::new()));
         let keeper = Keeper {
             conn: conn.clone(),
-            me: crate::identity::name(),
+            me: me.to_string(),
             ttl,
             live: live.clone(),
             rule: rule.clone(),
@@ -211,7 +212,7 @@ impl Claimer {
             ttl,
             recheck: recheck_interval(ttl),
             id,
-            me: crate::identity::name(),
+            me: me.to_string(),
             held: VecDeque::new(),
             held_bytes: 0,
             ready: VecDeque::new(),

@@ -67,12 +67,13 @@ impl Lease {
         key: String,
         ttl: Duration,
         stats: Arc<RuleStats>,
+        me: &str,
     ) -> Result<LeaseHandle, SourceError> {
         let held = Arc::new(AtomicBool::new(false));
         let mut lease = Lease {
             conn,
             key,
-            me: crate::identity::name(),
+            me: me.to_string(),
             ttl,
             held: held.clone(),
             lost_at: None,

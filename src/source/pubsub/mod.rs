@@ -54,7 +54,7 @@ pub struct PubSubSource {
 }
 
 impl PubSubSource {
-    /// Subscribe through `hub` (the subscription is confirmed when this returns).
+    /// Subscribe through `shared.hub` (the subscription is confirmed when this returns).
     ///
     /// # Errors
     /// When the subscription connection cannot be opened or the subscription is not confirmed.
@@ -63,7 +63,7 @@ impl PubSubSource {
         rule: Arc<str>,
         stats: Arc<RuleStats>,
         status: Arc<RuleStatus>,
-        hub: &PubSubHub,
+        shared: super::Shared<'_>,
         budget: Budget,
     ) -> Result<PubSubSource, SourceError> {
         let (topic, pattern, options) = match &spec.kind {
@@ -102,7 +102,9 @@ impl PubSubSource {
         // `ha` writes its claims and lease on the shared connection: a subscription connection
         // can only subscribe.
         let side_connection = || async {
-            redis_conn::shared(&spec.connection)
+            shared
+                .connections
+                .shared(&spec.connection)
                 .await
                 .map_err(|source| SourceError::Redis {
                     op: "connect",
@@ -121,6 +123,7 @@ impl PubSubSource {
                 options.buffer_bytes,
                 stats.clone(),
                 rule.clone(),
+                shared.me,
             )),
         };
         let lease = match options.lease {
@@ -131,6 +134,7 @@ impl PubSubSource {
                     redis_conn::prefixed(&spec.connection, &format!("redis-router:lease:{rule}")),
                     ttl,
                     stats.clone(),
+                    shared.me,
                 )
                 .await?,
             ),
@@ -155,7 +159,7 @@ impl PubSubSource {
             },
             pattern,
         };
-        let registration = hub.register(&spec.connection, topic, feed).await?;
+        let registration = shared.hub.register(&spec.connection, topic, feed).await?;
         let claimer = claimer.map(|c| Arc::new(tokio::sync::Mutex::new(c)));
         let checker = claimer.as_ref().zip(options.claim.as_ref()).map(|(c, spec)| {
             let checker = Checker {
