@@ -1,5 +1,6 @@
-//! The HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`, `/status` (JSON) and
-//! `/` (a small status page that polls `/status`).
+//! The HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`, `/status` (JSON),
+//! `/` (a small status page that polls `/status`) and, when the rule file enables it, `/tap`
+//! (the rules' messages as they move, JSON lines, for `redis-router tap`).
 //!
 //! Off unless `http.listen` or `--listen` asks for it. It only reads: counters, rule states and
 //! the reload state; it cannot change anything, and it never shows a password (URLs are masked,
@@ -31,6 +32,18 @@ pub struct HttpState {
     pub draining: CancellationToken,
     /// This process's name as a consumer (see [`crate::identity`]).
     pub instance: String,
+    /// The rules' events, and whether and to whom `/tap` serves them.
+    pub tap: TapAccess,
+}
+
+/// Who may tap.
+pub struct TapAccess {
+    /// The events.
+    pub taps: crate::tap::Taps,
+    /// `http.tap` of the rule file (and not refused for the address listened on).
+    pub enabled: bool,
+    /// The bearer token a client must send, when the file sets one.
+    pub token: Option<String>,
 }
 
 /// Serve until `stop` is cancelled.
@@ -48,10 +61,142 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .route("/tap", get(tap))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
+}
+
+/// `/tap?rule=NAME&stage=STAGE&filter=EXPR` (each may repeat but `filter`, each optional):
+/// one JSON line per event from now on, and `{"lagged":N}` when N events were lost because the
+/// client read too slowly. Ends when the router shuts down.
+async fn tap(
+    State(state): State<Arc<HttpState>>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
+) -> Response {
+    use crate::tap::{Next, Stage};
+    let plain = |code: StatusCode, text: String| {
+        (code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+    };
+    let access = &state.tap;
+    if !access.enabled {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "tapping is off: add `tap: true` under `http:` in the rule file\n".into(),
+        );
+    }
+    if let Some(token) = &access.token {
+        let sent = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(sent.as_bytes(), token.as_bytes()) {
+            return plain(
+                StatusCode::UNAUTHORIZED,
+                "a tap needs the rule file's `tap_token`\n".into(),
+            );
+        }
+    }
+    let mut rules = Vec::new();
+    let mut stages = Vec::new();
+    let mut filter = None;
+    for (k, v) in query {
+        match k.as_str() {
+            "rule" => rules.push(v),
+            "stage" => match Stage::parse(&v) {
+                Some(s) => stages.push(s),
+                None => {
+                    return plain(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "unknown stage `{}`; one of received, filtered, sink, dead-letter\n",
+                            crate::mask::escape(&v)
+                        ),
+                    );
+                }
+            },
+            "filter" => match crate::filter::Filter::compile(&v) {
+                Ok(f) => filter = Some(f),
+                Err(e) => {
+                    return plain(
+                        StatusCode::BAD_REQUEST,
+                        format!("filter: {}\n", crate::mask::escape(&e)),
+                    );
+                }
+            },
+            other => {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "unknown parameter `{}`; rule, stage or filter\n",
+                        crate::mask::escape(other)
+                    ),
+                );
+            }
+        }
+    }
+    let wanted = move |e: &crate::tap::TapEvent| -> bool {
+        (rules.is_empty() || rules.contains(&e.rule))
+            && (stages.is_empty() || stages.contains(&e.stage))
+            && filter.as_ref().is_none_or(|f| {
+                // Only a whole payload can be looked into.
+                e.payload_len == e.payload.len() && f.matches(&tap_message(e)).unwrap_or(false)
+            })
+    };
+    // Subscribed before the answer starts: the client misses nothing after it sees the headers.
+    let sub = access.taps.subscribe();
+    let draining = state.draining.clone();
+    let lines = futures_util::stream::unfold((sub, draining, wanted), |(mut sub, draining, wanted)| async move {
+        loop {
+            let next = tokio::select! {
+                _ = draining.cancelled() => return None,
+                next = sub.next() => next?,
+            };
+            let line = match next {
+                Next::Event(e) if wanted(&e) => serde_json::to_string(&*e).unwrap_or_default(),
+                Next::Event(_) => continue,
+                Next::Lagged(n) => json!({ "lagged": n }).to_string(),
+            };
+            return Some((
+                Ok::<_, std::convert::Infallible>(format!("{line}\n")),
+                (sub, draining, wanted),
+            ));
+        }
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+/// The event's payload as a message, for a tap's `filter`.
+fn tap_message(e: &crate::tap::TapEvent) -> crate::message::Message {
+    crate::message::Message::new(
+        crate::message::Body::Bytes(e.payload.as_bytes().to_vec()),
+        crate::message::Meta {
+            rule: Arc::from(e.rule.as_str()),
+            source: crate::message::SourceKind::Channel,
+            key: e.key.clone(),
+            pattern: None,
+            id: e.id.clone(),
+            received: std::time::SystemTime::now(),
+            deliveries: 1,
+            fields: Vec::new(),
+            problem: None,
+        },
+    )
+}
+
+/// Equal, in a time that does not depend on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 type Running = Vec<(Arc<RuleSpec>, Arc<RuleStatus>)>;

@@ -21,6 +21,7 @@
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/status` and the status page.
 //! - [`redis_conn`]: how connections are opened (timeouts, TCP_NODELAY, prefixes).
 //! - [`stats`]: per-rule counters.
+//! - [`tap`]: live events of what each rule does with each message (`redis-router tap`).
 //! - [`commands`]: `test`, `dlq`, `demo` and `check`'s ACL and client counts: they use the
 //!   parts above; nothing above uses them.
 
@@ -42,3 +43,4 @@ pub mod redis_conn;
 pub mod sink;
 pub mod source;
 pub mod stats;
+pub mod tap;

@@ -115,6 +115,32 @@ enum Command {
     /// Try it with nothing running: a throwaway redis-server (from PATH), the example rules,
     /// and where each message went.
     Demo,
+    /// Watch a running router's rules move messages, live: what each received, what its
+    /// filters dropped, what each sink was given, what was dead-lettered (needs
+    /// `http: { listen: ..., tap: true }` in the rule file).
+    Tap {
+        /// The rule file (as the router runs it) [env: REDIS_ROUTER_CONFIG] [default: routes.yaml].
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Only these rules.
+        #[arg(value_name = "RULE")]
+        rules: Vec<String>,
+        /// Only these stages: received, filtered, sink, dead-letter (repeatable).
+        #[arg(long = "stage", value_parser = ["received", "filtered", "sink", "dead-letter"])]
+        stages: Vec<String>,
+        /// Only messages this expression keeps, written as a rule's `filter:`.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Stop after N events.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// JSON lines instead of readable ones.
+        #[arg(long)]
+        json: bool,
+        /// The router's HTTP endpoint, when not the file's `http.listen` (`run --listen`).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Dead letters: list them, or replay them to the sink that failed.
     Dlq {
         #[command(subcommand)]
@@ -171,12 +197,43 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
+        Command::Tap { config, .. } => match (RuleFile {
+            config: config.clone(),
+            file: None,
+        })
+        .path()
+        {
+            Ok(path) => path,
+            Err(e) => {
+                eprintln!("redis-router: {e}");
+                return ExitCode::from(2);
+            }
+        },
         Command::Demo => PathBuf::new(),
     };
     match cli.command {
         Command::Check { acl, acl_user, .. } => check(&file, acl.then_some(acl_user.as_str())),
         Command::Test { .. } => test(&file),
         Command::Demo => demo(),
+        Command::Tap {
+            rules,
+            stages,
+            filter,
+            limit,
+            json,
+            url,
+            ..
+        } => tap(
+            &file,
+            &redis_router::commands::tap::TapOptions {
+                rules,
+                stages,
+                filter,
+                limit,
+                json,
+                url,
+            },
+        ),
         Command::Dlq { action } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
@@ -371,6 +428,65 @@ struct RunOptions {
     me: String,
 }
 
+/// Whether `/tap` serves, and to whom: as the file says, but never without a token beyond
+/// loopback (`--listen` may have moved the endpoint there).
+fn tap_access(
+    http: Option<&config::HttpSpec>,
+    listen: std::net::SocketAddr,
+    taps: &redis_router::tap::Taps,
+) -> redis_router::http::TapAccess {
+    let mut enabled = http.is_some_and(|h| h.tap);
+    let token = http.and_then(|h| h.tap_token.clone());
+    if enabled && token.is_none() && !listen.ip().is_loopback() {
+        error!(
+            listen = %listen,
+            "Tapping stays off: the endpoint listens beyond loopback and the rule file gives no `tap_token`."
+        );
+        enabled = false;
+    }
+    redis_router::http::TapAccess {
+        taps: taps.clone(),
+        enabled,
+        token,
+    }
+}
+
+fn tap(file: &Path, options: &redis_router::commands::tap::TapOptions) -> ExitCode {
+    // Only `http:` is read: a tap needs no Redis password, only the endpoint and its token.
+    let http = match config::load_http(file) {
+        Ok(http) => http,
+        Err(e) => {
+            print_config_error(&e);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("redis-router: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout();
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = redis_router::commands::tap::run(http.as_ref(), options, &mut out) => r,
+            _ = tokio::signal::ctrl_c() => Ok(0),
+        }
+    });
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        // A closed pipe (`tap | head`) is a normal end.
+        Err(redis_router::commands::tap::TapError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("redis-router: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn test(file: &Path) -> ExitCode {
     let set = match config::load(file) {
         Ok(set) => set,
@@ -492,7 +608,8 @@ async fn run(path: &Path, options: RunOptions) -> anyhow::Result<ExitCode> {
 
     // The HTTP endpoint: `--listen`, else the file's `http.listen` (read once, at start).
     let draining = CancellationToken::new();
-    let listen = listen.or_else(|| config::load(path).ok().and_then(|set| set.http).map(|h| h.listen));
+    let file_http = config::load(path).ok().and_then(|set| set.http);
+    let listen = listen.or(file_http.as_ref().map(|h| h.listen));
     let http = match listen {
         None => None,
         Some(addr) => {
@@ -505,6 +622,7 @@ async fn run(path: &Path, options: RunOptions) -> anyhow::Result<ExitCode> {
                 reloads: reloader.stats(),
                 draining: draining.clone(),
                 instance: me.clone(),
+                tap: tap_access(file_http.as_ref(), addr, reloader.supervisor().taps()),
             });
             let stop_http = CancellationToken::new();
             let task = tokio::spawn(redis_router::http::serve(listener, state, stop_http.clone()));

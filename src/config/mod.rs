@@ -135,6 +135,23 @@ pub fn load(path: &Path) -> Result<RuleSet, ConfigError> {
     load_str(&text, &path.display().to_string())
 }
 
+/// Only the `http:` section of the rule file at `path`: what `redis-router tap` needs, without
+/// the environment the rules' connections need.
+///
+/// # Errors
+/// [`ConfigError`] when the file cannot be read, or its top level or `http:` is wrong.
+pub fn load_http(path: &Path) -> Result<Option<HttpSpec>, ConfigError> {
+    let text = read(path)?;
+    let file = path.display().to_string();
+    let invalid = |diagnostics: Vec<Diagnostic>| ConfigError::Invalid {
+        file: file.clone(),
+        diagnostics,
+    };
+    let outline = parse::<RawFileOutline>(&text).map_err(|e| invalid(vec![from_serde(&e, None)]))?;
+    let lookup = |name: &str| std::env::var(name).ok();
+    validate::http_only(outline.http.as_ref(), &lookup).map_err(invalid)
+}
+
 /// Read a rule file's text, refusing anything that could block or take unbounded time or
 /// memory: only a regular file (or a symlink to one) of at most [`MAX_FILE_BYTES`] is read.
 ///

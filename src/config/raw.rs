@@ -64,6 +64,8 @@ pub(crate) struct RawTls {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHttp {
     pub listen: SpStr,
+    pub tap: Option<Spanned<bool>>,
+    pub tap_token: Option<SpStr>,
 }
 
 /// Memory limits of every rule.

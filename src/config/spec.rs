@@ -106,10 +106,24 @@ impl fmt::Debug for ConnectionSpec {
 }
 
 /// The HTTP endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct HttpSpec {
     /// Address to bind.
     pub listen: SocketAddr,
+    /// Whether `/tap` serves the rules' messages (`redis-router tap`); off unless set.
+    pub tap: bool,
+    /// The bearer token `/tap` asks for; required when `listen` is beyond loopback.
+    pub tap_token: Option<String>,
+}
+
+impl fmt::Debug for HttpSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpSpec")
+            .field("listen", &self.listen)
+            .field("tap", &self.tap)
+            .field("tap_token", &self.tap_token.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// How many bytes a rule may hold (`limits:` in the rule file, the same for every rule).

@@ -166,19 +166,7 @@ pub(super) fn validate(raw: RawFile, env: &dyn Fn(&str) -> Option<String>) -> Re
         defined_connections: raw.connections.keys().cloned().collect(),
     };
     let connections = connections(&mut cx, &raw);
-    let http = raw.http.as_ref().and_then(|h| {
-        let listen = cx.text(&h.value.listen)?;
-        match listen.parse::<SocketAddr>() {
-            Ok(listen) => Some(HttpSpec { listen }),
-            Err(_) => {
-                cx.err(
-                    h.value.listen.referenced,
-                    format!("`{listen}` is not an address; write e.g. `127.0.0.1:9464`"),
-                );
-                None
-            }
-        }
-    });
+    let http = raw.http.as_ref().and_then(|h| http_spec(&mut cx, h));
     let limits = limits(&mut cx, raw.limits.as_ref());
     let mut rules = Vec::new();
     let mut seen: HashMap<String, u64> = HashMap::new();
@@ -453,6 +441,49 @@ fn rule_spec(cx: &mut Ctx<'_>, rule: &RawRule, at: Location, conns: &Connections
 
 /// Smallest `batch_bytes`: a batch must hold a message of a usual size.
 const MIN_BATCH_BYTES: usize = 64 << 10;
+
+/// The `http:` section.
+fn http_spec(cx: &mut Ctx<'_>, h: &Spanned<super::raw::RawHttp>) -> Option<HttpSpec> {
+    let tap = h.value.tap.as_ref().is_some_and(|t| t.value);
+    let tap_token = h.value.tap_token.as_ref().and_then(|t| cx.name(t, "`tap_token`"));
+    let listen = cx.text(&h.value.listen)?;
+    match listen.parse::<SocketAddr>() {
+        Ok(listen) => {
+            if tap && tap_token.is_none() && !listen.ip().is_loopback() {
+                cx.err(
+                    h.value.listen.referenced,
+                    format!(
+                        "`tap: true` on `{listen}`, beyond loopback, shows payloads to anyone who can reach it; add `tap_token: \"${{TAP_TOKEN}}\"` (sent by `redis-router tap`), or listen on 127.0.0.1"
+                    ),
+                );
+            }
+            Some(HttpSpec { listen, tap, tap_token })
+        }
+        Err(_) => {
+            cx.err(
+                h.value.listen.referenced,
+                format!("`{listen}` is not an address; write e.g. `127.0.0.1:9464`"),
+            );
+            None
+        }
+    }
+}
+
+/// Only the `http:` section of a file (for `redis-router tap`, which needs nothing else).
+pub(super) fn http_only(
+    raw: Option<&Spanned<super::raw::RawHttp>>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<HttpSpec>, Vec<Diagnostic>> {
+    let mut cx = Ctx {
+        env,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+        rule: None,
+        defined_connections: Default::default(),
+    };
+    let http = raw.and_then(|h| http_spec(&mut cx, h));
+    if cx.errors.is_empty() { Ok(http) } else { Err(cx.errors) }
+}
 
 /// The `limits:` section, defaults filled in.
 fn limits(cx: &mut Ctx<'_>, raw: Option<&Spanned<super::raw::RawLimits>>) -> Limits {

@@ -21,6 +21,7 @@ use crate::redis_conn::Connections;
 use crate::sink::{Sink, SinkError};
 use crate::source::{Budget, PubSubHub, Shared, Source};
 use crate::stats::{RuleState, RuleStats, RuleStatus, SinkStats};
+use crate::tap::{self, Stage, TapEvent, Taps};
 
 /// How a rule task ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +141,8 @@ pub struct RuleContext {
     pub connections: Connections,
     /// This process's name as a consumer (see [`crate::identity`]).
     pub me: Arc<str>,
+    /// Where the rule shows what it does to whoever taps (`redis-router tap`).
+    pub taps: Taps,
 }
 
 /// Run one rule until its token is cancelled.
@@ -237,6 +240,8 @@ async fn run_rule_inner(
         stats,
         status: status.clone(),
         token: token.clone(),
+        taps: ctx.taps.clone(),
+        reserved: ctx.reserved.clone(),
     };
     status.clear_error();
     status.set(RuleState::Running);
@@ -303,6 +308,27 @@ struct RuleLoop {
     stats: Arc<RuleStats>,
     status: Arc<RuleStatus>,
     token: CancellationToken,
+    taps: Taps,
+    /// For rendering what a sink is given, for the tap.
+    reserved: Arc<ReservedNames>,
+}
+
+/// A tap event about `msg`, its payload previewed and masked.
+fn tap_event(stage: Stage, msg: &Message) -> TapEvent {
+    let raw = msg.raw();
+    TapEvent {
+        at: tap::now(),
+        rule: msg.meta.rule.to_string(),
+        stage,
+        key: msg.meta.key.clone(),
+        id: msg.meta.id.clone(),
+        sink: None,
+        command: None,
+        reason: None,
+        payload: crate::mask::text(&tap::preview(raw)),
+        payload_len: raw.len(),
+        skipped: 0,
+    }
 }
 
 /// Keeps the rule's in-flight gauge right on every way out of `process`.
@@ -348,6 +374,15 @@ impl RuleLoop {
     async fn process(&mut self, source: &mut Source, batch: Vec<Message>) -> bool {
         let stats = self.stats.clone();
         let _in_flight = InFlight::new(&stats, batch.len());
+        // One atomic load per batch when nobody taps.
+        let tapping = self.taps.active();
+        if tapping {
+            for msg in &batch {
+                if self.taps.admit() {
+                    self.taps.send(tap_event(Stage::Received, msg));
+                }
+            }
+        }
         let mut dead: Vec<Doomed> = Vec::new();
         // Transformed copies live here; `outgoing` points into it or into `batch`.
         let mut transformed: Vec<(usize, Message)> = Vec::new();
@@ -361,7 +396,14 @@ impl RuleLoop {
                     sink: None,
                     attempts: 0,
                 }),
-                Admission::FilteredOut => RuleStats::add(&self.stats.filtered_out, 1),
+                Admission::FilteredOut => {
+                    RuleStats::add(&self.stats.filtered_out, 1);
+                    if tapping && self.taps.admit() {
+                        let mut e = tap_event(Stage::Filtered, msg);
+                        e.reason = Some("the rule's filter".into());
+                        self.taps.send(e);
+                    }
+                }
                 Admission::Pass(copy) => {
                     if let Some(copy) = copy {
                         transformed.push((i, *copy));
@@ -412,6 +454,9 @@ impl RuleLoop {
                 .iter()
                 .map(|takes| takes.iter().map(|&j| outgoing[j]).collect())
                 .collect();
+            if tapping {
+                self.tap_sinks(&subsets);
+            }
             let outcomes = join_all(
                 self.sinks
                     .iter_mut()
@@ -450,6 +495,15 @@ impl RuleLoop {
         }
         let delivered = (0..outgoing.len()).filter(|&j| taken[j] && !failed_any[j]).count();
         let untaken = (0..outgoing.len()).filter(|&j| !taken[j] && !failed_any[j]).count();
+        if tapping && untaken > 0 {
+            for j in (0..outgoing.len()).filter(|&j| !taken[j] && !failed_any[j]) {
+                if self.taps.admit() {
+                    let mut e = tap_event(Stage::Filtered, outgoing[j]);
+                    e.reason = Some("no sink's filter took it".into());
+                    self.taps.send(e);
+                }
+            }
+        }
         RuleStats::add(&self.stats.filtered_out, untaken as u64);
         // Dead letters must be written before the batch is acknowledged: nothing leaves the
         // source without a trace.
@@ -480,6 +534,16 @@ impl RuleLoop {
                     },
                 )
                 .collect();
+            if tapping {
+                for l in &letters {
+                    if self.taps.admit() {
+                        let mut e = tap_event(Stage::DeadLetter, l.message);
+                        e.reason = Some(crate::mask::text(&l.reason));
+                        e.sink = l.sink.map(str::to_string);
+                        self.taps.send(e);
+                    }
+                }
+            }
             let mut retry = Retry::default();
             while let Err(e) = self.dead.write(&letters).await {
                 if !retry
@@ -518,6 +582,33 @@ impl RuleLoop {
             None => self.status.clear_error(),
         }
         true
+    }
+}
+
+impl RuleLoop {
+    /// Tap events for what each sink is given: the command or request, rendered as
+    /// `--dry-run` shows it, masked.
+    fn tap_sinks(&self, subsets: &[Vec<&Message>]) {
+        let reserved = self.reserved.get();
+        for ((sink, spec), subset) in self.sinks.iter().zip(&self.spec.sinks).zip(subsets) {
+            for msg in subset {
+                if !self.taps.admit() {
+                    continue;
+                }
+                let mut e = tap_event(Stage::Sink, msg);
+                e.sink = Some(sink.label().to_string());
+                e.command = Some(match Sink::preview(spec, msg, &reserved) {
+                    Ok(mut args) => {
+                        if let (crate::config::SinkSpecKind::Webhook(_), Some(url)) = (&spec.kind, args.get_mut(1)) {
+                            *url = crate::mask::url(&String::from_utf8_lossy(url)).into_bytes();
+                        }
+                        crate::mask::text(&tap::preview(crate::sink::shell_words(&args).as_bytes()))
+                    }
+                    Err(err) => format!("(cannot render: {})", crate::mask::text(&err.to_string())),
+                });
+                self.taps.send(e);
+            }
+        }
     }
 }
 

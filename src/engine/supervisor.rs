@@ -17,6 +17,7 @@ use crate::keys::ReservedNames;
 use crate::redis_conn::Connections;
 use crate::source::PubSubHub;
 use crate::stats::{RuleState, RuleStatus, StatsRegistry};
+use crate::tap::Taps;
 
 /// How often shutdown names the rules that are still draining.
 const STRAGGLER_LOG_INTERVAL: Duration = Duration::from_secs(5);
@@ -81,6 +82,8 @@ pub struct Supervisor {
     connections: Connections,
     /// This process's name as a consumer: `HOST` or `HOST-INSTANCE`.
     me: Arc<str>,
+    /// What the rules show to whoever taps; the same across reloads, so a tap follows them.
+    taps: Taps,
 }
 
 impl Supervisor {
@@ -96,7 +99,13 @@ impl Supervisor {
             hub: PubSubHub::default(),
             connections: Connections::default(),
             me: Arc::from(crate::identity::name(None)),
+            taps: Taps::default(),
         }
+    }
+
+    /// The events of every rule this supervisor runs, for `redis-router tap`.
+    pub fn taps(&self) -> &Taps {
+        &self.taps
     }
 
     /// Run as the instance `me` (see [`crate::identity::name`]) instead of as the host.
@@ -300,6 +309,7 @@ impl Supervisor {
                 hub: self.hub.clone(),
                 connections: self.connections.clone(),
                 me: self.me.clone(),
+                taps: self.taps.clone(),
             },
         );
         let handle = tokio::spawn(rule.instrument(span));
