@@ -623,6 +623,7 @@ async fn run(path: &Path, options: RunOptions) -> anyhow::Result<ExitCode> {
                 draining: draining.clone(),
                 instance: me.clone(),
                 tap: tap_access(file_http.as_ref(), addr, reloader.supervisor().taps()),
+                history: Default::default(),
             });
             let stop_http = CancellationToken::new();
             let task = tokio::spawn(redis_router::http::serve(listener, state, stop_http.clone()));

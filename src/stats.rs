@@ -91,10 +91,48 @@ pub struct RuleStats {
     pub stream_lag: AtomicI64,
     /// Stream rules: entries read and not acknowledged by the group, sampled.
     pub stream_pending: AtomicI64,
+    /// Queue rules: elements waiting in the list (LLEN), sampled with each heartbeat.
+    pub queue_depth: AtomicI64,
+    recent_dead: Mutex<std::collections::VecDeque<RecentDeadLetter>>,
     sinks: Mutex<Vec<(String, Arc<SinkStats>)>>,
 }
 
+/// Dead letters kept per rule for the status page.
+pub const RECENT_DEAD_LETTERS: usize = 5;
+
+/// A dead letter as the status page shows it: masked, its payload cut short.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecentDeadLetter {
+    /// When, RFC 3339.
+    pub at: String,
+    /// Why.
+    pub reason: String,
+    /// The sink that failed, if one did.
+    pub sink: Option<String>,
+    /// The first 200 characters of the payload, masked.
+    pub payload: String,
+}
+
 impl RuleStats {
+    /// Keep `letter` among the rule's last [`RECENT_DEAD_LETTERS`].
+    pub fn note_dead_letter(&self, letter: RecentDeadLetter) {
+        let mut recent = self.recent_dead.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_DEAD_LETTERS {
+            recent.pop_front();
+        }
+        recent.push_back(letter);
+    }
+
+    /// The rule's last dead letters, oldest first.
+    pub fn recent_dead_letters(&self) -> Vec<RecentDeadLetter> {
+        self.recent_dead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     /// The counters of the sink labelled `label` (`stream processed_stream`), created on use.
     pub fn sink(&self, label: &str) -> Arc<SinkStats> {
         let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());

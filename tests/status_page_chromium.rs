@@ -1,5 +1,6 @@
-//! The status page in headless Chromium (Debian's chromium): it shows the running router's rules,
-//! and its numbers change as traffic flows. Saves a screenshot next to the test binaries
+//! The status page in headless Chromium (Debian's chromium): it shows the running router's rules
+//! with the numbers `/status` gives, a throughput picture that moves under traffic, the last dead
+//! letters and the reloads with what changed. Saves a screenshot next to the test binaries
 //! (`target/tmp/status-page.png`).
 
 mod support;
@@ -20,6 +21,10 @@ rules:
   - name: copy
     source: { stream: "in", group: g, start: oldest, block: 100ms }
     sinks: [ { stream: "out" } ]
+  - name: jobs
+    source: { queue: "jobs", block: 100ms }
+    filter: "@.ok == true"
+    sinks: [ { stream: "done" } ]
 "#;
 
 fn chromium() -> PathBuf {
@@ -61,6 +66,22 @@ fn headless(url: &str, extra: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The points of the `class` line of the throughput picture in the row of `rule`.
+fn polyline(dom: &str, rule: &str, class: &str) -> String {
+    let row = dom
+        .split(&format!("data-rule=\"{rule}\""))
+        .nth(1)
+        .unwrap()
+        .split("</tr>")
+        .next()
+        .unwrap();
+    row.split(&format!("<polyline class=\"{class}\" points=\""))
+        .nth(1)
+        .and_then(|p| p.split('"').next())
+        .unwrap_or_else(|| panic!("no {class} line for {rule}: {row}"))
+        .to_string()
+}
+
 /// The text of the cell with class `class` in the row of `rule`, from a DOM dump.
 fn cell(dom: &str, rule: &str, class: &str) -> Option<u64> {
     let row = dom
@@ -77,7 +98,7 @@ async fn status_page_shows_rules_and_live_numbers() {
     let redis = RedisServer::start();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let _router = RouterProcess::start_with(RULES, &redis.url(), &["--listen", &listen]);
+    let router = RouterProcess::start_with(RULES, &redis.url(), &["--listen", &listen, "--reload-debounce", "1h"]);
     let mut conn = redis.conn().await;
     wait_subscribers(&mut conn, "events:order", 1).await;
     wait_group(&mut conn, "in", "g").await;
@@ -109,12 +130,97 @@ async fn status_page_shows_rules_and_live_numbers() {
     );
     assert_eq!(cell(&dom, "orders-to-stream", "received"), Some(5), "{dom}");
 
+    // The same numbers as `/status`.
+    let (_, status) = http_get(port, "/status").await.unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    for rule in status["rules"].as_array().unwrap() {
+        let name = rule["name"].as_str().unwrap();
+        for class in ["received", "delivered"] {
+            assert_eq!(
+                cell(&dom, name, class),
+                rule["counters"][class].as_u64(),
+                "{name} {class}: the page and /status agree"
+            );
+        }
+    }
+
+    // The throughput picture moves: two samples with traffic between them draw a line that
+    // rises off the floor.
+    let samples = |n: usize| {
+        async move {
+            let (_, h) = http_get(port, "/history").await?;
+            let h: serde_json::Value = serde_json::from_str(&h).ok()?;
+            (h["rules"]["copy"].as_array()?.len() >= n).then_some(())
+        }
+    };
+    wait_for("two samples", TIMEOUT, || samples(2)).await;
+    let before = polyline(
+        &tokio::task::block_in_place(|| headless(&url, &["--dump-dom"])),
+        "copy",
+        "delivered",
+    );
+    let have = {
+        let (_, h) = http_get(port, "/history").await.unwrap();
+        let h: serde_json::Value = serde_json::from_str(&h).unwrap();
+        h["rules"]["copy"].as_array().unwrap().len()
+    };
+    for i in 0..50 {
+        let _: String = conn.xadd("in", "*", &[("i", i.to_string())]).await.unwrap();
+    }
+    wait_stream_len(&conn, "out", 58).await;
+    wait_for("a sample after the traffic", TIMEOUT, || samples((have + 1).min(60))).await;
+    let dom = tokio::task::block_in_place(|| headless(&url, &["--dump-dom"]));
+    let after = polyline(&dom, "copy", "delivered");
+    assert_ne!(before, after, "the line moved");
+    let last_y: f64 = after
+        .split_whitespace()
+        .last()
+        .and_then(|p| p.split(',').nth(1))
+        .and_then(|y| y.parse().ok())
+        .unwrap();
+    assert!(
+        last_y < 27.0,
+        "the last point is above the floor (a rate above zero): {after}"
+    );
+
+    // A dead letter and a reload show up with what they were.
+    let _: i64 = conn.rpush("jobs", "not json").await.unwrap();
+    let _: i64 = conn.rpush("jobs", r#"{"ok":true}"#).await.unwrap();
+    wait_stream_len(&conn, "done", 1).await;
+    std::fs::write(
+        &router.file,
+        format!("{RULES}  - name: extra\n    source: {{ channel: x }}\n    sinks: [ {{ stream: y }} ]\n"),
+    )
+    .unwrap();
+    router.signal("HUP");
+    router
+        .wait_line("the reload", &["Rules reloaded.", " generation=2 "])
+        .await;
+    let dom = tokio::task::block_in_place(|| headless(&url, &["--dump-dom"]));
+    let dead = dom.split("id=\"dead\"").nth(1).unwrap().split("</ul>").next().unwrap();
+    assert!(
+        dead.contains("<b>jobs</b>") && dead.contains("payload is not JSON") && dead.contains("not json"),
+        "{dead}"
+    );
+    let reloads = dom
+        .split("id=\"reloads\"")
+        .nth(1)
+        .unwrap()
+        .split("</ul>")
+        .next()
+        .unwrap();
+    assert!(
+        reloads.contains("applied") && reloads.contains("generation 2") && reloads.contains("added: extra"),
+        "{reloads}"
+    );
+    assert!(dom.contains("data-rule=\"extra\""), "the new rule has its row");
+
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
     let _ = std::fs::remove_file(&shot);
     tokio::task::block_in_place(|| {
         headless(
             &url,
-            &[&format!("--screenshot={}", shot.display()), "--window-size=1200,420"],
+            &[&format!("--screenshot={}", shot.display()), "--window-size=1400,760"],
         )
     });
     let png = std::fs::read(&shot).expect("screenshot written");

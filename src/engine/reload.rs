@@ -52,12 +52,50 @@ struct Current {
     hash: String,
     rules: Vec<(Arc<RuleSpec>, Arc<RuleStatus>)>,
     last_rejection: Vec<String>,
+    history: std::collections::VecDeque<ReloadRecord>,
+}
+
+/// Reloads kept for the status page.
+pub const RELOAD_HISTORY: usize = 20;
+
+/// One reload, applied or rejected, as the status page lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadRecord {
+    /// When, RFC 3339.
+    pub at: String,
+    /// `applied` or `rejected`.
+    pub result: &'static str,
+    /// The generation running after it.
+    pub generation: u64,
+    /// What set it off (`file`, `signal`).
+    pub trigger: String,
+    /// Rules started, restarted and stopped (applied reloads).
+    pub added: Vec<String>,
+    /// Rules drained and restarted.
+    pub changed: Vec<String>,
+    /// Rules drained and stopped.
+    pub removed: Vec<String>,
+    /// The mistakes (rejected reloads), as `check` prints them.
+    pub errors: Vec<String>,
 }
 
 impl ReloadStats {
     fn current(&self) -> std::sync::MutexGuard<'_, Current> {
         // Only whole values are stored under this lock; a panic cannot leave it half-written.
         self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The last [`RELOAD_HISTORY`] reloads, oldest first.
+    pub fn history(&self) -> Vec<ReloadRecord> {
+        self.current().history.iter().cloned().collect()
+    }
+
+    fn record(&self, record: ReloadRecord) {
+        let mut current = self.current();
+        if current.history.len() == RELOAD_HISTORY {
+            current.history.pop_front();
+        }
+        current.history.push_back(record);
     }
 
     /// Hash prefix of the file the running rules came from.
@@ -236,6 +274,16 @@ impl Reloader {
             pubsub_overlap_duplicates = duplicates,
             "Rules reloaded."
         );
+        self.stats.record(ReloadRecord {
+            at: crate::filter::now_rfc3339(),
+            result: "applied",
+            generation,
+            trigger: trigger.to_string(),
+            added: diff.added.clone(),
+            changed: diff.changed.clone(),
+            removed: diff.removed.clone(),
+            errors: Vec::new(),
+        });
         ReloadOutcome::Applied { generation, diff }
     }
 
@@ -265,11 +313,22 @@ impl Reloader {
                 "Reload rejected; the running rules stay."
             );
         }
-        self.stats.current().last_rejection = if rendered.is_empty() {
+        let errors = if rendered.is_empty() {
             vec![e.to_string()]
         } else {
             rendered
         };
+        self.stats.record(ReloadRecord {
+            at: crate::filter::now_rfc3339(),
+            result: "rejected",
+            generation,
+            trigger: trigger.to_string(),
+            added: Vec::new(),
+            changed: Vec::new(),
+            removed: Vec::new(),
+            errors: errors.iter().map(|e| crate::mask::text(e)).collect(),
+        });
+        self.stats.current().last_rejection = errors;
         ReloadOutcome::Rejected
     }
 

@@ -554,6 +554,18 @@ impl RuleLoop {
                 }
             }
             RuleStats::add(&self.stats.dead_lettered, dead.len() as u64);
+            for l in letters.iter().rev().take(crate::stats::RECENT_DEAD_LETTERS).rev() {
+                let head: String = String::from_utf8_lossy(&l.message.raw()[..l.message.raw().len().min(800)])
+                    .chars()
+                    .take(200)
+                    .collect();
+                self.stats.note_dead_letter(crate::stats::RecentDeadLetter {
+                    at: crate::filter::now_rfc3339(),
+                    reason: crate::mask::text(&l.reason),
+                    sink: l.sink.map(str::to_string),
+                    payload: crate::mask::text(&head),
+                });
+            }
         }
         RuleStats::add(&self.stats.delivered, delivered as u64);
         for (j, msg) in outgoing.iter().enumerate() {

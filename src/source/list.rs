@@ -91,6 +91,8 @@ struct Heartbeat {
     consumer: String,
     /// The set of consumers of this queue, for finding dead ones.
     consumers_key: String,
+    /// Where the queue's depth (LLEN, sampled with each beat) goes.
+    stats: Arc<RuleStats>,
 }
 
 impl ListSource {
@@ -155,6 +157,7 @@ impl ListSource {
             key: key.clone(),
             name: name.clone(),
             consumer,
+            stats: stats.clone(),
         };
         // The first beat before reading: a consumer that reads is always listed and alive.
         heartbeat.refresh().await?;
@@ -315,7 +318,7 @@ impl Heartbeat {
     /// Refresh this consumer's heartbeat, and give the elements of consumers whose heartbeat
     /// has expired (a router that crashed and does not come back) back to the queue.
     async fn refresh(&mut self) -> Result<(), SourceError> {
-        let (_, _, members): ((), (), Vec<String>) = redis::pipe()
+        let (_, _, members, depth): ((), (), Vec<String>, i64) = redis::pipe()
             .cmd("SET")
             .arg(self.heartbeat_key(&self.consumer))
             .arg(1)
@@ -326,9 +329,14 @@ impl Heartbeat {
             .arg(&self.consumer)
             .cmd("SMEMBERS")
             .arg(&self.consumers_key)
+            .cmd("LLEN")
+            .arg(&self.key)
             .query_async(&mut self.conn)
             .await
             .map_err(self.err("heartbeat"))?;
+        self.stats
+            .queue_depth
+            .store(depth, std::sync::atomic::Ordering::Relaxed);
         for other in members.into_iter().filter(|c| *c != self.consumer) {
             let moved: i64 = redis::cmd("EVAL")
                 .arg(RECOVER)
