@@ -65,11 +65,25 @@ async fn dry_run_prints_and_writes_nothing() {
         ]
         .map(String::from)
     );
-    let _: String = conn.xadd("in", "*", &[("k", "v")]).await.unwrap();
+    // The stream rule tails `in` from its newest entry, and nothing shows when its XREAD is
+    // issued: add an entry until its dry-run line comes (an entry added before the read is not
+    // seen, which is the point of tailing). The router is killed only after it acted.
+    let mut copy_line = None;
+    for _ in 0..40 {
+        let _: String = conn.xadd("in", "*", &[("k", "v")]).await.unwrap();
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            copy_line = Some(line);
+            break;
+        }
+    }
+    let copy_line = copy_line.expect("a dry-run line for the stream rule");
+    assert_eq!(copy_line, "dry-run rule=copy stream out: XADD out '*' k v");
     let _ = child.kill();
     let _ = child.wait();
     let exists: bool = conn.exists("big-orders").await.unwrap();
     assert!(!exists, "the dry run wrote nothing");
+    let exists: bool = conn.exists("out").await.unwrap();
+    assert!(!exists, "the dry run of the stream rule wrote nothing");
     let groups: redis::Value = conn.xinfo_groups("in").await.unwrap();
     assert_eq!(
         groups,

@@ -44,9 +44,13 @@ rules:
     let status = wait_for("the HTTP endpoint", TIMEOUT, || readyz(http_port)).await;
     assert_eq!(status, 503, "not ready without Redis");
     // It keeps retrying, with backoff, and stays not ready meanwhile.
-    wait_for("a few retries", TIMEOUT, || {
+    wait_for("a fourth retry of one rule", TIMEOUT, || {
         let log = router.log();
-        async move { (log.matches("Cannot open source; retrying.").count() >= 4).then_some(()) }
+        async move {
+            log.lines()
+                .any(|l| l.contains("Cannot open source; retrying.") && l.contains(" attempt=4 "))
+                .then_some(())
+        }
     })
     .await;
     assert_eq!(readyz(http_port).await, Some(503));
@@ -69,22 +73,31 @@ rules:
         (readyz(http_port).await == Some(200)).then_some(())
     })
     .await;
+    // Each retry's delay is drawn from [half, all] of 100 ms doubled per attempt, capped at 5 s
+    // (README): read the attempt and the delay of every retry line and check both bounds, so
+    // a constant delay, one wrapped to 0 or one that never doubles fails.
     let log = router.log();
-    let delays: Vec<u64> = log
+    let number_after = |line: &str, key: &str| -> Option<u64> {
+        line.split(key)
+            .nth(1)?
+            .trim_start_matches(|c: char| !c.is_ascii_digit())
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let retries: Vec<(u64, u64)> = log
         .lines()
         .filter(|l| l.contains("Cannot open source; retrying."))
-        .filter_map(|l| l.split("delay_ms").nth(1))
-        .filter_map(|rest| {
-            rest.trim_start_matches(|c: char| !c.is_ascii_digit())
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        })
+        .filter_map(|l| Some((number_after(l, "attempt")?, number_after(l, "delay_ms")?)))
         .collect();
-    assert!(delays.len() >= 4, "{log}");
-    assert!(
-        delays.iter().max() > delays.first(),
-        "the delay grows (backoff): {delays:?}"
-    );
+    assert!(retries.iter().any(|(attempt, _)| *attempt >= 4), "{log}");
+    for (attempt, delay) in &retries {
+        let full = (100u64 << (attempt - 1).min(20)).min(5000);
+        assert!(
+            *delay >= full / 2 && *delay <= full,
+            "attempt {attempt}: delay {delay} ms, not within [{}, {full}] ms: {retries:?}",
+            full / 2
+        );
+    }
 }

@@ -124,11 +124,16 @@ async fn dlq_replay_delivers_every_dead_letter_once_the_endpoint_recovers() {
         String::from_utf8_lossy(&replay.stdout).trim(),
         "5 replayed, 0 failed again (kept), 0 skipped (not sink failures, kept), 0 refused (cut, corrupted, unsigned or forged, kept)."
     );
-    let got: BTreeSet<u64> = hook.requests()[before..]
-        .iter()
-        .filter_map(|r| n_of(&r.body_str()))
-        .collect();
-    assert_eq!(got, (0..5).collect::<BTreeSet<u64>>());
+    // Exactly once each: every request the replay made, in order of n, not a set.
+    let requests = hook.requests();
+    let mut got: Vec<u64> = requests[before..].iter().filter_map(|r| n_of(&r.body_str())).collect();
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (0..5).collect::<Vec<u64>>(),
+        "each dead letter replayed exactly once"
+    );
+    assert_eq!(requests.len() - before, 5, "one request per dead letter, nothing else");
     let left: usize = conn.xlen("redis-router:dead-letter").await.unwrap();
     assert_eq!(left, 0, "replayed dead letters are deleted");
 }

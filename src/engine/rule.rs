@@ -700,6 +700,13 @@ mod tests {
             let d3 = backoff_delay(base, max, 3);
             assert!(d3 >= Duration::from_millis(200) && d3 < Duration::from_millis(400));
             assert!(backoff_delay(base, max, 30) < max);
+            // Every attempt within [half, all] of the doubled delay, capped: a delay that stays
+            // constant, wraps to 0 or stops at the cap's half fails.
+            for attempt in 1..=64 {
+                let full = base.saturating_mul(1 << (attempt - 1).min(20)).min(max);
+                let d = backoff_delay(base, max, attempt);
+                assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?} for {full:?}");
+            }
         }
     }
 }
