@@ -2,7 +2,7 @@
 # Mutation testing of the delivery-critical modules, by hand (not in CI: every mutant rebuilds
 # the router and runs tests; the whole set takes hours on 2 cores).
 #
-#   scripts/mutants.sh                          # every module in .cargo/mutants.toml, whole suite
+#   scripts/mutants.sh                          # every delivery-critical module, whole suite
 #   scripts/mutants.sh src/dlq.rs               # one file, whole suite
 #   scripts/mutants.sh src/dlq.rs -- --test stream_claim_and_dlq_replay
 #                                               # one file, only the tests that cover it (fast)
@@ -23,13 +23,23 @@ while [ $# -gt 0 ] && [ "$1" != "--" ]; do
     files+=(--file "$1")
     shift
 done
+if [ ${#files[@]} -eq 0 ]; then
+    # Where a mutant means a message lost, duplicated, acknowledged early or never retried.
+    for f in "src/sink/**/*.rs" "src/source/**/*.rs" src/engine/route.rs src/engine/rule.rs \
+        src/engine/deadletter.rs src/dlq.rs; do
+        files+=(--file "$f")
+    done
+fi
 test_args=()
 if [ $# -gt 0 ]; then
     shift
     test_args=(-- "$@")
 fi
 if [ -n "${MUTANTS_LIST:-}" ]; then
-    exec cargo mutants --list "${files[@]}"
+    exec cargo mutants --list ${MUTANTS_ARGS:-} "${files[@]}"
+fi
+if [ -n "${MUTANTS_IN_PLACE:-}" ]; then
+    exec cargo mutants --in-place --no-shuffle ${MUTANTS_ARGS:-} "${files[@]}" "${test_args[@]}"
 fi
 # One job: the tests start Redis servers and routers, and the machine has 2 cores.
-exec cargo mutants --jobs 1 --no-shuffle "${files[@]}" "${test_args[@]}"
+exec cargo mutants --jobs 1 --no-shuffle ${MUTANTS_ARGS:-} "${files[@]}" "${test_args[@]}"
