@@ -3,8 +3,8 @@
 # the router and runs tests; the whole set takes hours on 2 cores).
 #
 #   scripts/mutants.sh                          # every delivery-critical module, whole suite
-#   scripts/mutants.sh src/dlq.rs               # one file, whole suite
-#   scripts/mutants.sh src/dlq.rs -- --test stream_claim_and_dlq_replay
+#   scripts/mutants.sh src/commands/dlq.rs               # one file, whole suite
+#   scripts/mutants.sh src/commands/dlq.rs -- --test stream_claim_and_dlq_replay
 #                                               # one file, only the tests that cover it (fast)
 #   MUTANTS_LIST=1 scripts/mutants.sh "src/sink/**"# list the mutants, build nothing
 #
@@ -26,7 +26,7 @@ done
 if [ ${#files[@]} -eq 0 ]; then
     # Where a mutant means a message lost, duplicated, acknowledged early or never retried.
     for f in "src/sink/**/*.rs" "src/source/**/*.rs" src/engine/route.rs src/engine/rule.rs \
-        src/engine/deadletter.rs src/dlq.rs; do
+        "src/deadletter/*.rs" src/commands/dlq.rs; do
         files+=(--file "$f")
     done
 fi
