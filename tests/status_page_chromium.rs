@@ -146,12 +146,10 @@ async fn status_page_shows_rules_and_live_numbers() {
 
     // The throughput picture moves: two samples with traffic between them draw a line that
     // rises off the floor.
-    let samples = |n: usize| {
-        async move {
-            let (_, h) = http_get(port, "/history").await?;
-            let h: serde_json::Value = serde_json::from_str(&h).ok()?;
-            (h["rules"]["copy"].as_array()?.len() >= n).then_some(())
-        }
+    let samples = |n: usize| async move {
+        let (_, h) = http_get(port, "/history").await?;
+        let h: serde_json::Value = serde_json::from_str(&h).ok()?;
+        (h["rules"]["copy"].as_array()?.len() >= n).then_some(())
     };
     wait_for("two samples", TIMEOUT, || samples(2)).await;
     let before = polyline(
