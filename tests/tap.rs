@@ -31,6 +31,18 @@ rules:
     )
 }
 
+/// A Redis and a router running [`rules`] with its endpoint up: the Redis, the endpoint's
+/// port, a connection, the router.
+async fn running(extra: &[&str]) -> (RedisServer, u16, redis::aio::MultiplexedConnection, RouterProcess) {
+    let redis = RedisServer::start();
+    let port = free_port();
+    let conn = redis.conn().await;
+    let router = RouterProcess::start_with(&rules(port, "big", ""), &redis.url(), extra);
+    router.wait_rules_started(&["orders", "other"]).await;
+    router.wait_line("the endpoint", &["Serving /metrics"]).await;
+    (redis, port, conn, router)
+}
+
 /// A `redis-router tap` process whose output lines are collected as they come.
 struct Tap {
     child: Child,
@@ -113,12 +125,7 @@ fn brief(e: &Value) -> (String, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tap_sees_every_stage_and_follows_a_reload() {
-    let redis = RedisServer::start();
-    let port = free_port();
-    let mut conn = redis.conn().await;
-    let router = RouterProcess::start_with(&rules(port, "big", ""), &redis.url(), &["--reload-debounce", "1h"]);
-    router.wait_rules_started(&["orders", "other"]).await;
-    router.wait_line("the endpoint", &["Serving /metrics"]).await;
+    let (_redis, port, mut conn, router) = running(&["--reload-debounce", "1h"]).await;
     let tap = Tap::start(&router.file, &["orders", "--json"]).await;
 
     // Another rule's message arrives, and the tap (of `orders` only) does not show it.
@@ -188,12 +195,7 @@ async fn tap_sees_every_stage_and_follows_a_reload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stage_and_a_limit_narrow_it_and_lines_read_well() {
-    let redis = RedisServer::start();
-    let port = free_port();
-    let mut conn = redis.conn().await;
-    let router = RouterProcess::start(&rules(port, "big", ""), &redis.url());
-    router.wait_rules_started(&["orders", "other"]).await;
-    router.wait_line("the endpoint", &["Serving /metrics"]).await;
+    let (_redis, _, mut conn, router) = running(&[]).await;
     let mut tap = Tap::start(&router.file, &["--stage", "dead-letter", "--limit", "1"]).await;
     let _: i64 = within(conn.publish("orders", r#"{"total":150}"#)).await.unwrap();
     let _: i64 = within(conn.publish("orders", "oops\u{1b}[31m")).await.unwrap();
@@ -254,12 +256,7 @@ async fn off_unless_enabled_and_behind_its_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_costs_only_the_ring() {
-    let redis = RedisServer::start();
-    let port = free_port();
-    let mut conn = redis.conn().await;
-    let router = RouterProcess::start(&rules(port, "big", ""), &redis.url());
-    router.wait_rules_started(&["orders", "other"]).await;
-    router.wait_line("the endpoint", &["Serving /metrics"]).await;
+    let (redis, port, mut conn, router) = running(&[]).await;
     // 1,000 messages of 40 KiB, first with nobody tapping, then with a tap that never reads:
     // 2,000 events of up to 32 KiB (payload and command previews), ~48 MiB if they queued.
     let pad = "x".repeat(40 * 1024);
