@@ -1192,6 +1192,28 @@ fn webhook_spec(
     })
 }
 
+/// Seconds, rounded up (at least 1).
+fn ceil_secs(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
+/// `d` in whole seconds, as Laravel counts a job's `timeout` and `delay`; a fraction is a
+/// mistake (it would be cut silently), with the rounded-up value as the hint.
+fn whole_seconds(cx: &mut Ctx<'_>, at: &SpStr, key: &str, d: Duration) -> Option<u64> {
+    if d.subsec_nanos() == 0 {
+        return Some(d.as_secs());
+    }
+    cx.err(
+        at.referenced,
+        format!(
+            "`{key}: {}`: Laravel counts a job's {key} in whole seconds; write `{}s`",
+            at.value.trim(),
+            ceil_secs(d)
+        ),
+    );
+    None
+}
+
 fn laravel_spec(cx: &mut Ctx<'_>, l: &Spanned<RawLaravelSink>) -> Option<LaravelSinkSpec> {
     let v = &l.value;
     let target = match (&v.job, &v.handler) {
@@ -1240,28 +1262,51 @@ fn laravel_spec(cx: &mut Ctx<'_>, l: &Spanned<RawLaravelSink>) -> Option<Laravel
         }
     };
     let timeout = match &v.timeout {
-        Some(t) => Some(Some(cx.duration(t, "`timeout`")?.as_secs().max(1))),
+        Some(t) => cx
+            .duration(t, "`timeout`")
+            .and_then(|d| whole_seconds(cx, t, "timeout", d))
+            .map(|s| Some(s.max(1))),
         None => Some(None),
     };
     let delay = match &v.delay {
-        Some(d) => Some(Some(cx.duration(d, "`delay`")?)),
+        Some(d) => cx
+            .duration(d, "`delay`")
+            .and_then(|x| whole_seconds(cx, d, "delay", x).map(|_| Some(x))),
         None => Some(None),
     };
     let backoff = match &v.backoff {
         Some(b) => {
             let text = cx.text(b)?;
-            let steps: Option<Vec<String>> = text
+            let steps: Option<Vec<Duration>> = text
                 .split(',')
                 .map(|step| {
                     let step = step.trim();
                     step.parse::<u64>()
                         .ok()
-                        .or_else(|| humantime::parse_duration(step).ok().map(|d| d.as_secs()))
-                        .map(|s| s.to_string())
+                        .map(Duration::from_secs)
+                        .or_else(|| humantime::parse_duration(step).ok())
                 })
                 .collect();
             match steps {
-                Some(steps) => Some(Some(steps.join(","))),
+                // Laravel counts whole seconds: `500ms` would be 0, silently.
+                Some(steps) if steps.iter().any(|d| d.subsec_nanos() != 0) => {
+                    let rounded: Vec<String> = steps.iter().map(|d| format!("{}s", ceil_secs(*d))).collect();
+                    cx.err(
+                        b.referenced,
+                        format!(
+                            "`backoff: {text}`: Laravel counts backoff in whole seconds; write e.g. `{}`",
+                            rounded.join(",")
+                        ),
+                    );
+                    None
+                }
+                Some(steps) => Some(Some(
+                    steps
+                        .iter()
+                        .map(|d| d.as_secs().to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                )),
                 None => {
                     cx.err(
                         b.referenced,
@@ -1345,6 +1390,25 @@ mod tests {
             Ok(_) => vec![],
             Err(e) => e.diagnostics().iter().map(|d| d.render("f.yaml")).collect(),
         }
+    }
+
+    #[test]
+    fn laravel_durations_are_whole_seconds() {
+        let rule = |opts: &str| {
+            format!(
+                "rules:\n  - name: a\n    source: {{ channel: x }}\n    sinks:\n      - queue: to-b\n        laravel: {{ job: 'App\\Jobs\\X', {opts} }}\n"
+            )
+        };
+        assert_eq!(
+            errors(&rule("backoff: '500ms,1500ms', timeout: 500ms, delay: 2500ms")),
+            vec![
+                "f.yaml:6:48: rule \"a\": `backoff: 500ms,1500ms`: Laravel counts backoff in whole seconds; write e.g. `1s,2s`",
+                "f.yaml:6:73: rule \"a\": `timeout: 500ms`: Laravel counts a job's timeout in whole seconds; write `1s`",
+                "f.yaml:6:87: rule \"a\": `delay: 2500ms`: Laravel counts a job's delay in whole seconds; write `3s`",
+            ]
+        );
+        // Whole seconds, written either way, pass.
+        assert!(errors(&rule("backoff: '10s,30', timeout: 2s, delay: 1m")).is_empty());
     }
 
     #[test]
