@@ -193,7 +193,7 @@ async fn tap(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !constant_time_eq(sent.as_bytes(), token.as_bytes()) {
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(sent.as_bytes(), token.as_bytes())) {
             return plain(
                 StatusCode::UNAUTHORIZED,
                 "a tap needs the rule file's `tap_token`\n".into(),
@@ -292,11 +292,6 @@ fn tap_message(e: &crate::tap::TapEvent) -> crate::message::Message {
             problem: None,
         },
     )
-}
-
-/// Equal, in a time that does not depend on where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 type Running = Vec<(Arc<RuleSpec>, Arc<RuleStatus>)>;
@@ -556,44 +551,42 @@ pub fn render_metrics(state: &HttpState) -> String {
         let _ = writeln!(out, "redis_router_delivery_seconds_count{{rule=\"{r}\"}} {count}");
     }
     let running = current_rules(&state.reloads);
-    let _ = writeln!(
-        out,
-        "# HELP redis_router_stream_lag Entries the rule's consumer group has not read yet.\n# TYPE redis_router_stream_lag gauge"
-    );
-    for (spec, _) in running.iter().filter(|(s, _)| is_group_stream(s)) {
-        let stats = state.stats.rule(&spec.name);
+    // Sampled gauges of the rules whose source has them: name, help, which rules, the value.
+    type Sampled = (&'static str, &'static str, fn(&RuleSpec) -> bool, fn(&RuleStats) -> i64);
+    let sampled: [Sampled; 3] = [
+        (
+            "stream_lag",
+            "Entries the rule's consumer group has not read yet.",
+            is_group_stream,
+            |s| s.stream_lag.load(Ordering::Relaxed),
+        ),
+        (
+            "stream_pending",
+            "Entries read by the group and not acknowledged.",
+            is_group_stream,
+            |s| s.stream_pending.load(Ordering::Relaxed),
+        ),
+        (
+            "queue_depth",
+            "Elements waiting in a queue rule's list (sampled).",
+            is_queue,
+            |s| s.queue_depth.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, applies, get) in sampled {
         let _ = writeln!(
             out,
-            "redis_router_stream_lag{{rule=\"{}\"}} {}",
-            label(&spec.name),
-            stats.stream_lag.load(Ordering::Relaxed)
+            "# HELP redis_router_{name} {help}\n# TYPE redis_router_{name} gauge"
         );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP redis_router_stream_pending Entries read by the group and not acknowledged.\n# TYPE redis_router_stream_pending gauge"
-    );
-    for (spec, _) in running.iter().filter(|(s, _)| is_group_stream(s)) {
-        let stats = state.stats.rule(&spec.name);
-        let _ = writeln!(
-            out,
-            "redis_router_stream_pending{{rule=\"{}\"}} {}",
-            label(&spec.name),
-            stats.stream_pending.load(Ordering::Relaxed)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP redis_router_queue_depth Elements waiting in a queue rule's list (sampled).\n# TYPE redis_router_queue_depth gauge"
-    );
-    for (spec, _) in running.iter().filter(|(s, _)| is_queue(s)) {
-        let stats = state.stats.rule(&spec.name);
-        let _ = writeln!(
-            out,
-            "redis_router_queue_depth{{rule=\"{}\"}} {}",
-            label(&spec.name),
-            stats.queue_depth.load(Ordering::Relaxed)
-        );
+        for (spec, _) in running.iter().filter(|(s, _)| applies(s)) {
+            let stats = state.stats.rule(&spec.name);
+            let _ = writeln!(
+                out,
+                "redis_router_{name}{{rule=\"{}\"}} {}",
+                label(&spec.name),
+                get(&stats)
+            );
+        }
     }
     let _ = writeln!(
         out,

@@ -207,6 +207,17 @@ pub fn text(text: &str) -> String {
     out
 }
 
+/// The first `chars` characters of `bytes` as text (bytes that are not UTF-8 replaced), read
+/// from its first bytes only, as a payload may be megabytes; `…` marks what was cut.
+pub fn head(bytes: &[u8], chars: usize) -> String {
+    let start = String::from_utf8_lossy(&bytes[..bytes.len().min(chars * 4)]);
+    let mut short: String = start.chars().take(chars).collect();
+    if short.len() < bytes.len() {
+        short.push('…');
+    }
+    short
+}
+
 /// `text` with control characters (C0, DEL, C1) and the bidirectional overrides that can
 /// reorder what a terminal shows written as escapes (`\n`, `\t`, `\u{1b}`, `\u{202e}`);
 /// everything else, `“` included, as it is.

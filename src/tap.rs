@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -215,18 +215,13 @@ pub fn preview(bytes: &[u8]) -> String {
     text
 }
 
-/// Now, as events show it.
-pub fn now() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn event(rule: &str) -> TapEvent {
         TapEvent {
-            at: now(),
+            at: crate::filter::now_rfc3339(),
             rule: rule.into(),
             stage: Stage::Received,
             key: "k".into(),

@@ -7,6 +7,9 @@ use serde_json::Value;
 
 use crate::config::HttpSpec;
 
+/// Longest line accepted from `/tap`.
+const MAX_LINE: usize = 1 << 20;
+
 /// What to watch.
 pub struct TapOptions {
     /// Only these rules (all when empty).
@@ -103,6 +106,14 @@ pub async fn run(http: Option<&HttpSpec>, options: &TapOptions, out: &mut dyn Wr
             Ok(None) | Err(_) => return Ok(printed),
         };
         pending.extend_from_slice(&chunk);
+        // An event line is a few tens of KiB at most (see `crate::tap::PREVIEW_BYTES`); what
+        // says otherwise is not a router's `/tap`, and is not buffered without end.
+        if pending.len() > MAX_LINE && !pending.contains(&b'\n') {
+            return Err(TapError::Refused(format!(
+                "{} sent a line longer than {MAX_LINE} bytes; not a redis-router /tap",
+                crate::mask::url(&base)
+            )));
+        }
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
             let line = &line[..line.len() - 1];

@@ -92,12 +92,9 @@ impl DeadLetterEntry {
     /// reach the terminal) and masked; `problem` when replay would keep it.
     pub fn summary(&self, problem: Option<&Refusal>) -> String {
         use crate::mask::{escape, text};
-        // The first 80 characters, read from the first bytes only: a payload may be megabytes.
-        const SHOWN_CHARS: usize = 80;
+        // The first 80 characters.
         let payload = self.fields.get("payload").map_or(&[][..], Vec::as_slice);
-        let head = String::from_utf8_lossy(&payload[..payload.len().min(SHOWN_CHARS * 4)]);
-        let short: String = head.chars().take(SHOWN_CHARS).collect();
-        let ellipsis = if short.len() < payload.len() { "…" } else { "" };
+        let short = crate::mask::head(payload, 80);
         let short = escape(&short);
         let sink = self.field("sink");
         let error = self.field("error");
@@ -118,7 +115,7 @@ impl DeadLetterEntry {
         if let Some(p) = problem {
             line.push_str(&format!(" not_replayable=\"{p}\""));
         }
-        line.push_str(&format!(" payload={short}{ellipsis}"));
+        line.push_str(&format!(" payload={short}"));
         line
     }
 }

@@ -317,7 +317,7 @@ struct RuleLoop {
 fn tap_event(stage: Stage, msg: &Message) -> TapEvent {
     let raw = msg.raw();
     TapEvent {
-        at: tap::now(),
+        at: crate::filter::now_rfc3339(),
         rule: msg.meta.rule.to_string(),
         stage,
         key: msg.meta.key.clone(),
@@ -555,10 +555,7 @@ impl RuleLoop {
             }
             RuleStats::add(&self.stats.dead_lettered, dead.len() as u64);
             for l in letters.iter().rev().take(crate::stats::RECENT_DEAD_LETTERS).rev() {
-                let head: String = String::from_utf8_lossy(&l.message.raw()[..l.message.raw().len().min(800)])
-                    .chars()
-                    .take(200)
-                    .collect();
+                let head = crate::mask::head(l.message.raw(), 200);
                 self.stats.note_dead_letter(crate::stats::RecentDeadLetter {
                     at: crate::filter::now_rfc3339(),
                     reason: crate::mask::text(&l.reason),

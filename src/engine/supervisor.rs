@@ -114,11 +114,6 @@ impl Supervisor {
         self
     }
 
-    /// The shared connections now open (see [`Connections`]).
-    pub fn connections(&self) -> &Connections {
-        &self.connections
-    }
-
     /// Run every rule in dry-run mode (see [`crate::engine::rule::run_rule`]).
     pub fn with_dry_run(mut self, dry_run: bool) -> Supervisor {
         self.dry_run = dry_run;
