@@ -20,7 +20,7 @@ use std::time::SystemTime;
 
 use serde_json::{Map, Value};
 
-use crate::config::{RuleSet, RuleSpec, SinkSpec, SinkSpecKind, SourceSpecKind, edit_distance};
+use crate::config::{RuleSet, RuleSpec, SinkSpec, SinkSpecKind, SourceSpecKind, closest};
 use crate::engine::route::{Admission, admit, sink_failure_reason, sink_takes};
 use crate::keys::Reserved;
 use crate::message::{Body, Message, Meta, SourceKind};
@@ -164,7 +164,9 @@ impl Parser<'_> {
                 continue;
             }
             self.err(&format!("{path}.{key}"), unknown_key(key, keys));
-            if let Some(meant) = closest(key, keys).filter(|k| !map.contains_key(*k) && !read.contains_key(*k)) {
+            if let Some(meant) =
+                closest(key, keys.iter().copied()).filter(|k| !map.contains_key(*k) && !read.contains_key(*k))
+            {
                 read.insert(meant.to_string(), value.clone());
             }
         }
@@ -559,20 +561,10 @@ impl Parser<'_> {
 
 /// "unknown key", with a "did you mean" when one of `candidates` is close.
 fn unknown_key(key: &str, candidates: &[&str]) -> String {
-    match closest(key, candidates) {
+    match closest(key, candidates.iter().copied()) {
         Some(c) => format!("unknown key `{key}`; did you mean `{c}`?"),
         None => format!("unknown key `{key}`; expected one of: {}", candidates.join(", ")),
     }
-}
-
-/// The candidate `key` is a misspelling of, if one is close.
-fn closest<'c>(key: &str, candidates: &[&'c str]) -> Option<&'c str> {
-    candidates
-        .iter()
-        .map(|c| (edit_distance(key, c), *c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
 }
 
 fn type_name(value: &Value) -> &'static str {

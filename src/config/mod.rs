@@ -462,7 +462,7 @@ fn repair_rule(
         if let Some(text) = lines.get(line.wrapping_sub(1)) {
             d.message = name_the_entry(&d.message, text, column);
         }
-        let rename = did_you_mean(&d.message);
+        let rename = misspelt(&error);
         let missing = d.message.starts_with("missing field");
         mistakes.push(d);
         if line == 0 || missing || *budget < slice.len() {
@@ -527,14 +527,6 @@ fn name_the_entry(message: &str, line: &str, column: usize) -> String {
     }
 }
 
-/// `unknown key `filtr`; did you mean `filter`?` → (`filtr`, `filter`).
-fn did_you_mean(message: &str) -> Option<(String, String)> {
-    let rest = message.strip_prefix("unknown key `")?;
-    let (from, rest) = rest.split_once('`')?;
-    let to = rest.strip_prefix("; did you mean `")?.strip_suffix("`?")?;
-    Some((from.to_string(), to.to_string()))
-}
-
 /// Just the name of a rule, for labelling a rule that does not parse.
 #[derive(Deserialize)]
 struct NameOnly {
@@ -580,11 +572,9 @@ fn rule_lines(lines: &[String], start: u64, next_start: Option<u64>) -> Option<(
     Some((first as u64, lines[first - 1..end.max(first)].join("\n")))
 }
 
-/// A serde-saphyr error as a diagnostic, with a hint for misspelt keys.
-fn from_serde(e: &serde_saphyr::Error, rule: Option<String>) -> Diagnostic {
-    let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-    // An error about an aliased value wraps the error itself with where the anchor was defined
-    // and used; the position above is the use. The message is the wrapped error's.
+/// The error itself, and whether it came through an alias: an error about an aliased value wraps
+/// it with where the anchor was defined and used (the position is the use).
+fn innermost(e: &serde_saphyr::Error) -> (&serde_saphyr::Error, bool) {
     let mut inner = e;
     let mut through_alias = false;
     loop {
@@ -594,17 +584,32 @@ fn from_serde(e: &serde_saphyr::Error, rule: Option<String>) -> Diagnostic {
                 through_alias = true;
                 inner = error;
             }
-            _ => break,
+            _ => return (inner, through_alias),
         }
     }
-    let message = limit_message(inner, through_alias).unwrap_or_else(|| {
-        let text = inner.to_string();
-        let message = match text.rsplit_once(" at line ") {
-            Some((msg, _)) => msg.to_string(),
-            None => text,
-        };
-        hint_unknown_field(&message)
-    });
+}
+
+/// serde's words without the position they end with (the diagnostic carries it).
+fn serde_text(e: &serde_saphyr::Error) -> String {
+    let text = e.to_string();
+    match text.rsplit_once(" at line ") {
+        Some((msg, _)) => msg.to_string(),
+        None => text,
+    }
+}
+
+/// The key an unknown-field error names and the key it most likely misspells, if one is close.
+fn misspelt(e: &serde_saphyr::Error) -> Option<(String, String)> {
+    let text = serde_text(innermost(e).0);
+    let (field, candidates) = unknown_field(&text)?;
+    closest(field, candidates.iter().copied()).map(|meant| (field.to_string(), meant.to_string()))
+}
+
+/// A serde-saphyr error as a diagnostic, with a hint for misspelt keys.
+fn from_serde(e: &serde_saphyr::Error, rule: Option<String>) -> Diagnostic {
+    let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+    let (inner, through_alias) = innermost(e);
+    let message = limit_message(inner, through_alias).unwrap_or_else(|| hint_unknown_field(&serde_text(inner)));
     Diagnostic {
         line,
         column,
@@ -655,33 +660,42 @@ fn limit_message(e: &serde_saphyr::Error, through_alias: bool) -> Option<String>
 
 /// `unknown field `maxln`, expected one of a, b` → "unknown key `maxln`; did you mean `maxlen`?"
 fn hint_unknown_field(message: &str) -> String {
-    let Some(rest) = message.strip_prefix("unknown field `") else {
+    let Some((field, candidates)) = unknown_field(message) else {
         return message.to_string();
     };
-    let Some((field, expected)) = rest.split_once('`') else {
-        return message.to_string();
-    };
+    match closest(field, candidates.iter().copied()) {
+        Some(c) => format!("unknown key `{field}`; did you mean `{c}`?"),
+        None => format!("unknown key `{field}`; expected one of: {}", candidates.join(", ")),
+    }
+}
+
+/// `unknown field `maxln`, expected one of a, b` → (`maxln`, [a, b]).
+fn unknown_field(message: &str) -> Option<(&str, Vec<&str>)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (field, expected) = rest.split_once('`')?;
     let expected = expected
         .trim_start_matches(',')
         .trim()
         .trim_start_matches("expected one of")
         .trim_start_matches("expected")
         .trim();
-    let candidates: Vec<String> = expected
+    let candidates = expected
         .split([',', ' '])
         .map(|s| s.trim_matches(|c: char| c == '`' || c.is_whitespace()))
         .filter(|s| !s.is_empty() && *s != "or")
-        .map(str::to_string)
         .collect();
-    let best = candidates
-        .iter()
-        .map(|c| (edit_distance(field, c), c))
+    Some((field, candidates))
+}
+
+/// The candidate `key` most likely misspells, when one is close enough to suggest: the
+/// "did you mean" of every mistake, in the rules and in their `tests:`.
+pub(crate) fn closest<'c>(key: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(key, c), c))
         .filter(|(d, c)| *d <= 2.max(c.len() / 3))
-        .min_by_key(|(d, _)| *d);
-    match best {
-        Some((_, c)) => format!("unknown key `{field}`; did you mean `{c}`?"),
-        None => format!("unknown key `{field}`; expected one of: {}", candidates.join(", ")),
-    }
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
 }
 
 /// Levenshtein distance, for "did you mean".
