@@ -60,19 +60,15 @@ pub(super) fn rename(lines: &mut [String], line: usize, column: usize, from: &st
 pub(super) fn blank_entry(lines: &mut [String], line: usize, column: usize) -> Option<()> {
     let chars: Vec<char> = lines.get(line)?.chars().collect();
     let at = (column.max(1) - 1).min(chars.len());
-    // Open flow brackets before the position, skipping quoted text.
+    // Open flow brackets before the position.
     let mut open: Vec<usize> = Vec::new();
-    let mut quote: Option<char> = None;
-    for (i, &c) in chars.iter().enumerate().take(at) {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '\'' | '"') => quote = Some(c),
-            (None, '{' | '[') => open.push(i),
-            (None, '}' | ']') => {
+    for (i, c) in unquoted(&chars, 0, at) {
+        match c {
+            '{' | '[' => open.push(i),
+            '}' | ']' => {
                 open.pop();
             }
-            (None, '#') if i == 0 || chars[i - 1] == ' ' => break,
+            '#' if i == 0 || chars[i - 1] == ' ' => break,
             _ => {}
         }
     }
@@ -116,16 +112,12 @@ pub(super) fn blank_entry(lines: &mut [String], line: usize, column: usize) -> O
 /// The first char of the flow entry holding `at`: after the last `,` of its own depth.
 fn entry_start(chars: &[char], bracket: usize, at: usize) -> usize {
     let mut depth = 0usize;
-    let mut quote: Option<char> = None;
     let mut start = bracket + 1;
-    for (i, &c) in chars.iter().enumerate().take(at).skip(bracket + 1) {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '\'' | '"') => quote = Some(c),
-            (None, '{' | '[') => depth += 1,
-            (None, '}' | ']') => depth = depth.saturating_sub(1),
-            (None, ',') if depth == 0 => start = i + 1,
+    for (i, c) in unquoted(chars, bracket + 1, at) {
+        match c {
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => start = i + 1,
             _ => {}
         }
     }
@@ -135,20 +127,41 @@ fn entry_start(chars: &[char], bracket: usize, at: usize) -> usize {
 /// Past the end of the flow entry holding `at`: after its comma, or at the closing bracket.
 fn entry_end(chars: &[char], at: usize) -> Option<usize> {
     let mut depth = 0usize;
-    let mut quote: Option<char> = None;
-    for (i, &c) in chars.iter().enumerate().skip(at) {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '\'' | '"') => quote = Some(c),
-            (None, '{' | '[') => depth += 1,
-            (None, '}' | ']') if depth == 0 => return Some(i),
-            (None, '}' | ']') => depth -= 1,
-            (None, ',') if depth == 0 => return Some(i + 1),
+    for (i, c) in unquoted(chars, at, chars.len()) {
+        match c {
+            '{' | '[' => depth += 1,
+            '}' | ']' if depth == 0 => return Some(i),
+            '}' | ']' => depth -= 1,
+            ',' if depth == 0 => return Some(i + 1),
             _ => {}
         }
     }
     None
+}
+
+/// The chars of `chars[from..to]` outside quoted text (`'…'`, `"…"`), with their index;
+/// `from` must be outside quotes.
+fn unquoted(chars: &[char], from: usize, to: usize) -> impl Iterator<Item = (usize, char)> + '_ {
+    let mut quote: Option<char> = None;
+    chars
+        .iter()
+        .copied()
+        .enumerate()
+        .take(to)
+        .skip(from)
+        .filter(move |&(_, c)| match quote {
+            Some(q) => {
+                if c == q {
+                    quote = None;
+                }
+                false
+            }
+            None if c == '\'' || c == '"' => {
+                quote = Some(c);
+                false
+            }
+            None => true,
+        })
 }
 
 /// The byte offset of char `index` in `text`.
