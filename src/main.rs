@@ -122,24 +122,8 @@ enum Command {
         /// The rule file (as the router runs it) [env: REDIS_ROUTER_CONFIG] [default: routes.yaml].
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: Option<PathBuf>,
-        /// Only these rules.
-        #[arg(value_name = "RULE")]
-        rules: Vec<String>,
-        /// Only these stages: received, filtered, sink, dead-letter (repeatable).
-        #[arg(long = "stage", value_parser = ["received", "filtered", "sink", "dead-letter"])]
-        stages: Vec<String>,
-        /// Only messages this expression keeps, written as a rule's `filter:`.
-        #[arg(long)]
-        filter: Option<String>,
-        /// Stop after N events.
-        #[arg(long)]
-        limit: Option<u64>,
-        /// JSON lines instead of readable ones.
-        #[arg(long)]
-        json: bool,
-        /// The router's HTTP endpoint, when not the file's `http.listen` (`run --listen`).
-        #[arg(long)]
-        url: Option<String>,
+        #[command(flatten)]
+        options: redis_router::commands::tap::TapOptions,
     },
     /// Dead letters: list them, or replay them to the sink that failed.
     Dlq {
@@ -215,25 +199,7 @@ fn main() -> ExitCode {
         Command::Check { acl, acl_user, .. } => check(&file, acl.then_some(acl_user.as_str())),
         Command::Test { .. } => test(&file),
         Command::Demo => demo(),
-        Command::Tap {
-            rules,
-            stages,
-            filter,
-            limit,
-            json,
-            url,
-            ..
-        } => tap(
-            &file,
-            &redis_router::commands::tap::TapOptions {
-                rules,
-                stages,
-                filter,
-                limit,
-                json,
-                url,
-            },
-        ),
+        Command::Tap { options, .. } => tap(&file, &options),
         Command::Dlq { action } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,

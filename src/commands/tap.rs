@@ -10,19 +10,26 @@ use crate::config::HttpSpec;
 /// Longest line accepted from `/tap`.
 const MAX_LINE: usize = 1 << 20;
 
-/// What to watch.
+/// What to watch (the command line of `redis-router tap`).
+#[derive(clap::Args)]
 pub struct TapOptions {
-    /// Only these rules (all when empty).
+    /// Only these rules.
+    #[arg(value_name = "RULE")]
     pub rules: Vec<String>,
-    /// Only these stages (all when empty): `received`, `filtered`, `sink`, `dead-letter`.
+    /// Only these stages: received, filtered, sink, dead-letter (repeatable).
+    #[arg(long = "stage", value_parser = ["received", "filtered", "sink", "dead-letter"])]
     pub stages: Vec<String>,
-    /// Only messages this filter expression keeps (as a rule's `filter:`).
+    /// Only messages this expression keeps, written as a rule's `filter:`.
+    #[arg(long)]
     pub filter: Option<String>,
-    /// Stop after this many events.
+    /// Stop after N events.
+    #[arg(long)]
     pub limit: Option<u64>,
-    /// JSON lines as served, instead of one readable line per event.
+    /// JSON lines instead of readable ones.
+    #[arg(long)]
     pub json: bool,
-    /// The endpoint, when not the rule file's `http.listen` (`run --listen`).
+    /// The router's HTTP endpoint, when not the file's `http.listen` (`run --listen`).
+    #[arg(long)]
     pub url: Option<String>,
 }
 
